@@ -1,0 +1,148 @@
+"""One typed settings object for the whole system.
+
+Every command, DAG and test builds its view of the world from :class:`Settings`:
+environment variables prefixed ``PROPENSITY_`` win over an optional YAML file,
+which wins over the embedded defaults. All state lives under ``home`` unless a
+URI points elsewhere (PostgreSQL, ``s3://``), so that ``rm -rf var`` is a full reset
+and a production deployment only swaps URIs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "PROPENSITY_CONFIG"
+
+
+class DirtConfig(BaseModel):
+    """How much deliberate dirt the simulator mixes into the sources, per type.
+
+    Real shops send duplicated feeds, bots and broken codes; the validation gates must
+    see them in the demo. Tests switch dirt off to get clean truth.
+    """
+
+    rate: float = Field(0.002, ge=0, le=0.2, description="fraction of rows touched, per enabled type")
+    duplicate_events: bool = True
+    null_ids: bool = True
+    negative_prices: bool = True
+    zero_quantities: bool = True
+    future_timestamps: bool = True
+    unknown_codes: bool = True
+    orphan_order_items: bool = True
+    bot_sessions: bool = True
+
+    def enabled(self) -> list[str]:
+        return [name for name, value in self.model_dump().items() if value is True]
+
+
+class SimulationConfig(BaseModel):
+    """Defaults for ``propensity simulate``; the command line overrides each."""
+
+    customers: int = 20_000
+    days: int = 365
+    start: str = "2025-01-01"
+    seed: int = 7
+    products: int = 1_500
+    dirt: DirtConfig = Field(default_factory=DirtConfig)
+
+
+class Settings(BaseSettings):
+    """Where everything lives and how the pipeline behaves.
+
+    URIs left empty are derived from ``home`` (see the ``*_uri`` properties), so a
+    single ``PROPENSITY_HOME`` moves the whole installation.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROPENSITY_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    home: Path = Path("./var")
+    lake: str | None = Field(None, description="lake root: file:///path or s3://bucket/prefix")
+    shop_db: str | None = Field(None, description="SQLAlchemy URL of the shop's OLTP database")
+    landing: str | None = Field(None, description="clickstream landing area: a folder or s3://bucket/prefix")
+    drops: str | None = Field(None, description="CSV drop area (fx rates): a folder or s3://bucket/prefix")
+    mlflow_tracking_uri: str | None = None
+    mlflow_artifacts: str | None = None
+    airflow_home: Path | None = None
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    base_currency: str = "EUR"
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(config_file)))
+        return tuple(sources)
+
+    # Derived locations -------------------------------------------------------------
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def lake_uri(self) -> str:
+        return self.lake or f"file://{self.home_dir / 'lake'}"
+
+    @property
+    def shop_db_url(self) -> str:
+        return self.shop_db or f"sqlite:///{self.home_dir / 'shop.db'}"
+
+    @property
+    def landing_uri(self) -> str:
+        return self.landing or str(self.home_dir / "landing")
+
+    @property
+    def drops_uri(self) -> str:
+        return self.drops or str(self.home_dir / "drops")
+
+    @property
+    def truth_dir(self) -> Path:
+        """The simulator's oracle store. Only the simulator and evaluation code read it."""
+        return self.home_dir / "truth"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def artifacts_uri(self) -> str:
+        return self.mlflow_artifacts or str(self.home_dir / "mlartifacts")
+
+    @property
+    def airflow_home_dir(self) -> Path:
+        return (self.airflow_home or self.home_dir / "airflow").expanduser().resolve()
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings, reading ``config_file`` (or ``$PROPENSITY_CONFIG``) as YAML.
+
+    The file is exported through ``PROPENSITY_CONFIG`` so that child processes (Airflow
+    tasks, MLflow servers started by us) see the same configuration.
+    """
+    if config_file is not None:
+        path = Path(config_file).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"configuration file not found: {path}")
+        os.environ[CONFIG_ENV] = str(path)
+    return Settings(**overrides)
