@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     mlflow_artifacts: str | None = None
     airflow_home: Path | None = None
-    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000"
+    )
     base_currency: str = "EUR"
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 

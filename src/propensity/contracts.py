@@ -43,7 +43,17 @@ EVENT_TYPES = (
 ORDER_STATUSES = ("paid", "cancelled", "refunded")
 CHANNELS = ("email", "sms", "push")
 DEVICES = ("desktop", "mobile", "tablet", "app")
-TRAFFIC_SOURCES = ("direct", "organic", "paid_search", "social", "email", "sms", "push", "affiliate", "referral")
+TRAFFIC_SOURCES = (
+    "direct",
+    "organic",
+    "paid_search",
+    "social",
+    "email",
+    "sms",
+    "push",
+    "affiliate",
+    "referral",
+)
 ACQUISITION_CHANNELS = ("organic", "paid_search", "social", "affiliate", "referral", "direct", "import")
 PAYMENT_METHODS = ("card", "paypal", "bank_transfer", "cash_on_delivery", "wallet", "unknown")
 GENDERS = ("female", "male", "other", "unknown")
@@ -219,7 +229,9 @@ ORDERS = TableContract(
         _ts("order_time"),
         Column("status", "string", nullable=False, allowed=frozenset(ORDER_STATUSES)),
         Column("currency", "string", nullable=False, allowed=_CURRENCY),
-        Column("gross_amount", "float64", nullable=False, ge=0, description="before discount, order currency"),
+        Column(
+            "gross_amount", "float64", nullable=False, ge=0, description="before discount, order currency"
+        ),
         Column("discount_amount", "float64", nullable=False, ge=0),
         Column("coupon_code", "string"),
         Column("payment_method", "string", allowed=frozenset(PAYMENT_METHODS)),
@@ -345,7 +357,17 @@ FX_RATES = TableContract(
 
 TABLES: dict[str, TableContract] = {
     t.name: t
-    for t in (CUSTOMERS, PRODUCTS, ORDERS, ORDER_ITEMS, EVENTS, REVIEWS, DELIVERIES, CAMPAIGN_CONTACTS, FX_RATES)
+    for t in (
+        CUSTOMERS,
+        PRODUCTS,
+        ORDERS,
+        ORDER_ITEMS,
+        EVENTS,
+        REVIEWS,
+        DELIVERIES,
+        CAMPAIGN_CONTACTS,
+        FX_RATES,
+    )
 }
 OLTP_TABLES: tuple[str, ...] = tuple(n for n, t in TABLES.items() if t.source == "oltp")
 

@@ -130,7 +130,7 @@ class S3Store(Store):
         self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
 
     @cached_property
-    def client(self):  # noqa: ANN201 - boto3 client types are generated at run time
+    def client(self):
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=_region())
@@ -206,7 +206,9 @@ def open_store(uri: str | Path, endpoint_url: str | None = None, create: bool = 
     text = str(uri)
     parsed = urlparse(text)
     if parsed.scheme == "s3":
-        store = S3Store(parsed.netloc, parsed.path, endpoint_url or os.environ.get("PROPENSITY_S3_ENDPOINT_URL"))
+        store = S3Store(
+            parsed.netloc, parsed.path, endpoint_url or os.environ.get("PROPENSITY_S3_ENDPOINT_URL")
+        )
         if create:
             store.ensure_bucket()
         return store

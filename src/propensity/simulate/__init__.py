@@ -41,7 +41,9 @@ class SimReport:
         return self.rows.get("events", 0) / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        lines = [f"simulated {self.customers:,} customers x {self.days} days from {self.start} (seed {self.seed})"]
+        lines = [
+            f"simulated {self.customers:,} customers x {self.days} days from {self.start} (seed {self.seed})"
+        ]
         lines += [f"  {name:<18}{count:>12,}" for name, count in self.rows.items()]
         lines.append(f"  sessions {self.sessions:,} ({self.anonymous_sessions:,} anonymous)")
         lines.append(f"  {self.seconds:.1f} s, {self.events_per_second:,.0f} events/s")
@@ -85,14 +87,17 @@ def simulate(
 
     t1 = time.perf_counter()
     tables = tables_from_output(out, sim.t0_us)
-    for name, fn in (("customers", dirt.customers), ("orders", dirt.orders), ("order_items", dirt.order_items)):
+    for name, fn in (
+        ("customers", dirt.customers),
+        ("orders", dirt.orders),
+        ("order_items", dirt.order_items),
+    ):
         if name in tables:
             tables[name] = fn(pl.from_arrow(tables[name]), dcfg, dirt_rng).to_arrow()  # type: ignore[arg-type]
     db = ShopDB(settings.shop_db_url)
     db.create_schema(drop=True)
-    rows = {}
-    for name in OLTP_TABLES:
-        rows[name] = db.load(name, tables[name]) if name in tables else 0
+    rows = {name: 0 for name in OLTP_TABLES}
+    rows.update(db.replace({name: tables[name] for name in OLTP_TABLES if name in tables}))
     db.dispose()
     phases["oltp"] = time.perf_counter() - t1
 
@@ -110,7 +115,10 @@ def simulate(
         customer_ids=out.customer_ids,
         traits=out.traits,
         death_day=out.death_day,
-        purchases=(purchases.get("idx", empty_i).astype(np.int64), purchases.get("day", empty_i).astype(np.int64)),
+        purchases=(
+            purchases.get("idx", empty_i).astype(np.int64),
+            purchases.get("day", empty_i).astype(np.int64),
+        ),
         bumps=(
             bumps.get("idx", empty_i).astype(np.int64),
             bumps.get("day", empty_i).astype(np.int64),

@@ -78,7 +78,9 @@ def order_items(df: pl.DataFrame, cfg: DirtConfig, rng: np.random.Generator) -> 
         return df
     if cfg.negative_prices:
         hit = pl.Series(_pick(rng, n, cfg.rate))
-        df = df.with_columns(pl.when(hit).then(-pl.col("unit_price")).otherwise(pl.col("unit_price")).alias("unit_price"))
+        df = df.with_columns(
+            pl.when(hit).then(-pl.col("unit_price")).otherwise(pl.col("unit_price")).alias("unit_price")
+        )
     if cfg.zero_quantities:
         hit = pl.Series(_pick(rng, n, cfg.rate))
         df = df.with_columns(pl.when(hit).then(0).otherwise(pl.col("quantity")).alias("quantity"))

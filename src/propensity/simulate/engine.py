@@ -166,8 +166,20 @@ class Simulator:
 
             self._contacts(t, buf, counters, channel, contacted, opened, clicked, coupon_ch)
             sid = np.flatnonzero(sess)
-            day_events, n_a = self._sessions(t, sid, success, cancel, clicked, channel, coupon_ch, days_since,
-                                             bought, buf, counters, schedule)
+            day_events, n_a = self._sessions(
+                t,
+                sid,
+                success,
+                cancel,
+                clicked,
+                channel,
+                coupon_ch,
+                days_since,
+                bought,
+                buf,
+                counters,
+                schedule,
+            )
             n_events += day_events.height
             n_sessions += len(sid) + n_a
             n_anon += n_a
@@ -175,20 +187,44 @@ class Simulator:
                 on_events(self.start + timedelta(days=t), day_events)
         tables = {k: buf.get(k) for k in buf.cols}
         tables["signup_sec"] = {"sec": signup_sec}
-        return SimOutput(self.start, self.days, self.cat, tr, self.cids, death_day, tables, self.fx,
-                         n_events, n_sessions, n_anon)
+        return SimOutput(
+            self.start,
+            self.days,
+            self.cat,
+            tr,
+            self.cids,
+            death_day,
+            tables,
+            self.fx,
+            n_events,
+            n_sessions,
+            n_anon,
+        )
 
     # ---------------------------------------------------------------------------------
 
-    def _contacts(self, t: int, buf: Buffers, counters: dict[str, int], channel: np.ndarray,
-                  contacted: np.ndarray, opened: np.ndarray, clicked: np.ndarray, coupon_ch: np.ndarray) -> None:
+    def _contacts(
+        self,
+        t: int,
+        buf: Buffers,
+        counters: dict[str, int],
+        channel: np.ndarray,
+        contacted: np.ndarray,
+        opened: np.ndarray,
+        clicked: np.ndarray,
+        coupon_ch: np.ndarray,
+    ) -> None:
         idx = np.flatnonzero(contacted)
         m = len(idx)
         if m == 0:
             return
         rng = self.rng
         ch = channel[idx]
-        sent = self.t0_us + t * US_PER_DAY + (rng.integers(8, 11, m) * 3600 + rng.integers(0, 3600, m)) * 1_000_000
+        sent = (
+            self.t0_us
+            + t * US_PER_DAY
+            + (rng.integers(8, 11, m) * 3600 + rng.integers(0, 3600, m)) * 1_000_000
+        )
         open_at = sent + (rng.exponential(2.0, m) * 3600e6).astype(np.int64)
         click_at = open_at + (rng.exponential(3.0, m) * 60e6).astype(np.int64)
         buf.add(
@@ -204,21 +240,37 @@ class Simulator:
         )
         counters["contact"] += m
 
-    def _sessions(self, t: int, sid: np.ndarray, success: np.ndarray, cancel: np.ndarray, clicked: np.ndarray,
-                  channel: np.ndarray, coupon_ch: np.ndarray, days_since: np.ndarray, bought: np.ndarray,
-                  buf: Buffers, counters: dict[str, int], schedule: dict) -> tuple[pl.DataFrame, int]:
+    def _sessions(
+        self,
+        t: int,
+        sid: np.ndarray,
+        success: np.ndarray,
+        cancel: np.ndarray,
+        clicked: np.ndarray,
+        channel: np.ndarray,
+        coupon_ch: np.ndarray,
+        days_since: np.ndarray,
+        bought: np.ndarray,
+        buf: Buffers,
+        counters: dict[str, int],
+        schedule: dict,
+    ) -> tuple[pl.DataFrame, int]:
         rng, tr, cat = self.rng, self.tr, self.cat
         n_reg = len(sid)
         n_anon = int(rng.poisson(1.2 * n_reg + 5))
         m = n_reg + n_anon
-        it = np.concatenate([dyn.intent(days_since[sid], tr["cycle"][sid], bought[sid]), rng.beta(1, 6, n_anon)])
+        it = np.concatenate(
+            [dyn.intent(days_since[sid], tr["cycle"][sid], bought[sid]), rng.beta(1, 6, n_anon)]
+        )
         buys = np.concatenate([success[sid] | cancel[sid], np.zeros(n_anon, bool)])
         n_items = np.where(buys, 1 + rng.poisson(0.5, m), 0)
         counts = np.zeros((m, N_TYPES), dtype=np.int64)
         counts[:, T_PAGE] = 1 + rng.poisson(0.6, m)
         counts[:, T_SEARCH] = rng.poisson(0.2 + 0.6 * it)
         views = rng.poisson(0.6 + 4.0 * it)
-        carts = np.where(buys, n_items + rng.poisson(0.3, m), rng.binomial(views, np.clip(0.04 + 0.22 * it, 0, 1)))
+        carts = np.where(
+            buys, n_items + rng.poisson(0.3, m), rng.binomial(views, np.clip(0.04 + 0.22 * it, 0, 1))
+        )
         views = np.maximum(views, carts)
         counts[:, T_VIEW] = views
         counts[:, T_FAV] = rng.binomial(views, 0.06)
@@ -244,8 +296,11 @@ class Simulator:
         cust = np.concatenate([sid, np.full(n_anon, -1)])
         cust_e = cust[sess_of]
         is_view = etype == T_VIEW
-        aff = np.where(cust_e[is_view, None] >= 0, tr["aff_cum"][np.maximum(cust_e[is_view], 0)],
-                       np.linspace(1 / len(CATEGORIES), 1, len(CATEGORIES))[None, :])
+        aff = np.where(
+            cust_e[is_view, None] >= 0,
+            tr["aff_cum"][np.maximum(cust_e[is_view], 0)],
+            np.linspace(1 / len(CATEGORIES), 1, len(CATEGORIES))[None, :],
+        )
         ps = np.where(cust_e[is_view] >= 0, tr["price_sens"][np.maximum(cust_e[is_view], 0)], 0.4)
         prod = np.full(e, -1, dtype=np.int64)
         prod[is_view] = _pick_products(rng, cat, aff, ps)
@@ -267,8 +322,23 @@ class Simulator:
         e0 = counters["event"]
         counters["session"] += m
         counters["event"] += e
-        self._orders(t, sid, success, cancel, clicked, channel, coupon_ch, n_items[:n_reg], etype, sess_of,
-                     prod, ev_us, buf, counters, schedule)
+        self._orders(
+            t,
+            sid,
+            success,
+            cancel,
+            clicked,
+            channel,
+            coupon_ch,
+            n_items[:n_reg],
+            etype,
+            sess_of,
+            prod,
+            ev_us,
+            buf,
+            counters,
+            schedule,
+        )
         cid_e = np.where(cust_e >= 0, self.cids[np.maximum(cust_e, 0)], None)
         pid_e = np.where(prod >= 0, self.cat.product_id[np.maximum(prod, 0)], None)
         df = pl.DataFrame(
@@ -296,11 +366,25 @@ class Simulator:
         )
         return df, n_anon
 
-    def _orders(self, t: int, sid: np.ndarray, success: np.ndarray, cancel: np.ndarray, clicked: np.ndarray,
-                channel: np.ndarray, coupon_ch: np.ndarray, n_items: np.ndarray, etype: np.ndarray,
-                sess_of: np.ndarray, prod: np.ndarray, ev_us: np.ndarray, buf: Buffers,
-                counters: dict[str, int], schedule: dict) -> None:
-        rng, tr = self.rng, self.tr
+    def _orders(
+        self,
+        t: int,
+        sid: np.ndarray,
+        success: np.ndarray,
+        cancel: np.ndarray,
+        clicked: np.ndarray,
+        channel: np.ndarray,
+        coupon_ch: np.ndarray,
+        n_items: np.ndarray,
+        etype: np.ndarray,
+        sess_of: np.ndarray,
+        prod: np.ndarray,
+        ev_us: np.ndarray,
+        buf: Buffers,
+        counters: dict[str, int],
+        schedule: dict,
+    ) -> None:
+        rng = self.rng
         buys = success[sid] | cancel[sid]
         osess = np.flatnonzero(buys)
         k = len(osess)
@@ -345,24 +429,67 @@ class Simulator:
         rating = np.clip(np.round(4.35 - 1.7 * late + rng.normal(0, 0.9, k)), 1, 5).astype(np.int64)
         review_prod = item_prod[np.cumsum(ni) - ni]
         # latent experience bumps, effective from the day after they happen
-        for mask, when, val in ((late, deliv_us, dyn.LATE_BUMP), (review & (rating <= 2), review_us, dyn.LOW_RATING_BUMP)):
+        for mask, when, val in (
+            (late, deliv_us, dyn.LATE_BUMP),
+            (review & (rating <= 2), review_us, dyn.LOW_RATING_BUMP),
+        ):
             if mask.any():
                 bday = (when[mask] - self.t0_us) // US_PER_DAY
                 for d in np.unique(bday):
                     sel = bday == d
                     schedule.setdefault(int(d), []).append((cust[mask][sel], np.full(sel.sum(), val)))
-                buf.add("bumps", idx=cust[mask], day=(when[mask] - self.t0_us) // US_PER_DAY,
-                        value=np.full(mask.sum(), val))
+                buf.add(
+                    "bumps",
+                    idx=cust[mask],
+                    day=(when[mask] - self.t0_us) // US_PER_DAY,
+                    value=np.full(mask.sum(), val),
+                )
         status = np.where(~ok, 2, np.where(refund, 1, 0))  # 0 paid, 1 refunded, 2 cancelled
-        buf.add("orders", num=onum, idx=cust, time=o_time, status=status, cur=cur, gross=np.round(gross, 2),
-                disc=disc, coupon=coupon_code, pay=rng.integers(0, len(PAYMENTS), k), refund_us=refund_us,
-                cancel_us=cancel_us)
-        buf.add("order_items", onum=onum[item_order], line=line, prod=item_prod, qty=qty, unit=unit,
-                time=o_time[item_order])
-        buf.add("deliveries", onum=onum[ok], carrier=carrier[ok], promised=promised[ok], ship=ship_us[ok],
-                deliv=deliv_us[ok])
+        buf.add(
+            "orders",
+            num=onum,
+            idx=cust,
+            time=o_time,
+            status=status,
+            cur=cur,
+            gross=np.round(gross, 2),
+            disc=disc,
+            coupon=coupon_code,
+            pay=rng.integers(0, len(PAYMENTS), k),
+            refund_us=refund_us,
+            cancel_us=cancel_us,
+        )
+        buf.add(
+            "order_items",
+            onum=onum[item_order],
+            line=line,
+            prod=item_prod,
+            qty=qty,
+            unit=unit,
+            time=o_time[item_order],
+        )
+        buf.add(
+            "deliveries",
+            onum=onum[ok],
+            carrier=carrier[ok],
+            promised=promised[ok],
+            ship=ship_us[ok],
+            deliv=deliv_us[ok],
+        )
         r = review
-        buf.add("reviews", onum=onum[r], idx=cust[r], prod=review_prod[r], rating=rating[r], time=review_us[r])
+        buf.add(
+            "reviews", onum=onum[r], idx=cust[r], prod=review_prod[r], rating=rating[r], time=review_us[r]
+        )
+
+
+def _ts(micros: np.ndarray) -> pl.Series:
+    return pl.from_epoch(pl.Series(np.asarray(micros, dtype=np.int64)), time_unit="us").dt.replace_time_zone(
+        "UTC"
+    )
+
+
+def _ids(prefix: str, nums: np.ndarray, width: int) -> pl.Series:
+    return prefix + pl.Series(nums).cast(pl.String).str.zfill(width)
 
 
 def tables_from_output(out: SimOutput, start_us: int) -> dict[str, pa.Table]:
@@ -376,13 +503,12 @@ def tables_from_output(out: SimOutput, start_us: int) -> dict[str, pa.Table]:
     signup_us = start_us + tr["signup_day"] * US_PER_DAY + out.tables["signup_sec"]["sec"] * 1_000_000
     exists = tr["signup_day"] < out.days
     m = tr["market"]
-    ts = lambda a: pl.from_epoch(pl.Series(np.asarray(a, dtype=np.int64)), time_unit="us").dt.replace_time_zone("UTC")  # noqa: E731
     # customers who existed before the window were migrated into this system on day 0
     upd = np.maximum(signup_us, start_us)
     tables["customers"] = pl.DataFrame(
         {
             "customer_id": cids[exists],
-            "signup_time": ts(signup_us[exists]),
+            "signup_time": _ts(signup_us[exists]),
             "country": np.array([x.country for x in MARKETS])[m][exists],
             "currency": np.array([x.currency for x in MARKETS])[m][exists],
             "language": np.array([x.language for x in MARKETS])[m][exists],
@@ -393,8 +519,8 @@ def tables_from_output(out: SimOutput, start_us: int) -> dict[str, pa.Table]:
             "global_opt_out": tr["opted_out"][exists] > 0,
             "gender": np.array(GENDERS)[tr["gender"]][exists],
             "age_band": np.array(AGE_BANDS)[tr["age"]][exists],
-            "created_at": ts(upd[exists]),
-            "updated_at": ts(upd[exists]),
+            "created_at": _ts(upd[exists]),
+            "updated_at": _ts(upd[exists]),
         }
     )
     tables["products"] = pl.DataFrame(
@@ -404,12 +530,11 @@ def tables_from_output(out: SimOutput, start_us: int) -> dict[str, pa.Table]:
             "brand": cat.brand,
             "list_price": cat.price_eur,
             "currency": np.full(len(cat.product_id), BASE_CURRENCY),
-            "created_at": ts(np.full(len(cat.product_id), start_us)),
-            "updated_at": ts(np.full(len(cat.product_id), start_us)),
+            "created_at": _ts(np.full(len(cat.product_id), start_us)),
+            "updated_at": _ts(np.full(len(cat.product_id), start_us)),
         }
     )
     o = out.tables.get("orders", {})
-    oid = lambda num: ("O" + pl.Series(num).cast(pl.String).str.zfill(8))  # noqa: E731
     if o:
         refunded = (o["status"] == 1) & (o["refund_us"] < end_us)
         status = np.where(o["status"] == 2, "cancelled", np.where(refunded, "refunded", "paid"))
@@ -417,61 +542,68 @@ def tables_from_output(out: SimOutput, start_us: int) -> dict[str, pa.Table]:
         upd = np.minimum(upd, end_us - 1)
         tables["orders"] = pl.DataFrame(
             {
-                "order_id": oid(o["num"]),
+                "order_id": _ids("O", o["num"], 8),
                 "customer_id": cids[o["idx"]],
-                "order_time": ts(o["time"]),
+                "order_time": _ts(o["time"]),
                 "status": status,
                 "currency": np.array(CURRENCIES)[o["cur"]],
                 "gross_amount": o["gross"],
                 "discount_amount": o["disc"],
                 "coupon_code": pl.Series(o["coupon"].tolist(), dtype=pl.String),
                 "payment_method": np.array(PAYMENTS)[o["pay"]],
-                "created_at": ts(o["time"]),
-                "updated_at": ts(upd),
+                "created_at": _ts(o["time"]),
+                "updated_at": _ts(upd),
             }
         )
         it = out.tables["order_items"]
         tables["order_items"] = pl.DataFrame(
             {
-                "order_id": oid(it["onum"]),
+                "order_id": _ids("O", it["onum"], 8),
                 "line_no": it["line"],
                 "product_id": cat.product_id[it["prod"]],
                 "quantity": it["qty"],
                 "unit_price": it["unit"],
-                "created_at": ts(it["time"]),
-                "updated_at": ts(it["time"]),
+                "created_at": _ts(it["time"]),
+                "updated_at": _ts(it["time"]),
             }
         )
         d = out.tables["deliveries"]
         shipped = d["ship"] < end_us
         delivered = d["deliv"] < end_us
-        tables["deliveries"] = pl.DataFrame(
-            {
-                "delivery_id": ("D" + pl.Series(d["onum"]).cast(pl.String).str.zfill(8)),
-                "order_id": oid(d["onum"]),
-                "shipped_time": ts(d["ship"]),
-                "delivered_time": ts(np.where(delivered, d["deliv"], 0)),
-                "promised_days": d["promised"],
-                "carrier": np.array(CARRIERS)[d["carrier"]],
-                "created_at": ts(d["ship"]),
-                "updated_at": ts(np.where(delivered, d["deliv"], d["ship"])),
-            }
-        ).with_columns(
-            pl.when(pl.Series(delivered)).then(pl.col("delivered_time")).otherwise(None).alias("delivered_time")
-        ).filter(pl.Series(shipped))
+        tables["deliveries"] = (
+            pl.DataFrame(
+                {
+                    "delivery_id": _ids("D", d["onum"], 8),
+                    "order_id": _ids("O", d["onum"], 8),
+                    "shipped_time": _ts(d["ship"]),
+                    "delivered_time": _ts(np.where(delivered, d["deliv"], 0)),
+                    "promised_days": d["promised"],
+                    "carrier": np.array(CARRIERS)[d["carrier"]],
+                    "created_at": _ts(d["ship"]),
+                    "updated_at": _ts(np.where(delivered, d["deliv"], d["ship"])),
+                }
+            )
+            .with_columns(
+                pl.when(pl.Series(delivered))
+                .then(pl.col("delivered_time"))
+                .otherwise(None)
+                .alias("delivered_time")
+            )
+            .filter(pl.Series(shipped))
+        )
         r = out.tables.get("reviews", {})
         if r and len(r["onum"]):
             keep = r["time"] < end_us
             tables["reviews"] = pl.DataFrame(
                 {
-                    "review_id": ("R" + pl.Series(r["onum"]).cast(pl.String).str.zfill(8)),
+                    "review_id": _ids("R", r["onum"], 8),
                     "customer_id": cids[r["idx"]],
-                    "order_id": oid(r["onum"]),
+                    "order_id": _ids("O", r["onum"], 8),
                     "product_id": cat.product_id[r["prod"]],
                     "rating": r["rating"],
-                    "review_time": ts(r["time"]),
-                    "created_at": ts(r["time"]),
-                    "updated_at": ts(r["time"]),
+                    "review_time": _ts(r["time"]),
+                    "created_at": _ts(r["time"]),
+                    "updated_at": _ts(r["time"]),
                 }
             ).filter(pl.Series(keep))
     c = out.tables.get("campaign_contacts", {})
@@ -482,16 +614,16 @@ def tables_from_output(out: SimOutput, start_us: int) -> dict[str, pa.Table]:
         day_str = np.array([(out.start + timedelta(days=int(x))).strftime("%Y%m%d") for x in range(out.days)])
         tables["campaign_contacts"] = pl.DataFrame(
             {
-                "contact_id": ("K" + pl.Series(c["num"]).cast(pl.String).str.zfill(9)),
+                "contact_id": _ids("K", c["num"], 9),
                 "campaign_id": pl.Series(ch, dtype=pl.String) + "-" + pl.Series(day_str[c["day"]]),
                 "customer_id": cids[c["idx"]],
                 "channel": ch,
                 "offer": pl.Series(np.where(c["coupon"], "SAVE10", None).tolist(), dtype=pl.String),
-                "sent_time": ts(c["sent"]),
-                "opened_time": ts(np.where(opened, c["opened"], 0)),
-                "clicked_time": ts(np.where(clicked, c["clicked"], 0)),
-                "created_at": ts(c["sent"]),
-                "updated_at": ts(np.where(clicked, c["clicked"], np.where(opened, c["opened"], c["sent"]))),
+                "sent_time": _ts(c["sent"]),
+                "opened_time": _ts(np.where(opened, c["opened"], 0)),
+                "clicked_time": _ts(np.where(clicked, c["clicked"], 0)),
+                "created_at": _ts(c["sent"]),
+                "updated_at": _ts(np.where(clicked, c["clicked"], np.where(opened, c["opened"], c["sent"]))),
             }
         ).with_columns(
             pl.when(pl.Series(opened)).then(pl.col("opened_time")).otherwise(None).alias("opened_time"),

@@ -99,5 +99,7 @@ def read_fx(store: Store, day: date) -> pa.Table:
     key = fx_key(day)
     if not store.exists(key):
         return FX_RATES.empty()
-    df = pl.read_csv(io.BytesIO(store.get_bytes(key)), schema_overrides={"date": pl.String, "rate": pl.Float64})
+    df = pl.read_csv(
+        io.BytesIO(store.get_bytes(key)), schema_overrides={"date": pl.String, "rate": pl.Float64}
+    )
     return _from_text(FX_RATES, df, f"{store.uri}/{key}")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import sqlalchemy as sa
 
@@ -38,9 +39,7 @@ def sa_table(tc: TableContract, metadata: sa.MetaData) -> sa.Table:
     Real shop databases let dirt in (null ids, orphans); enforcing the contract is the
     validation stage's job, so the source must be able to hold what real sources hold.
     """
-    cols = [
-        sa.Column(c.name, _SA_TYPES[c.dtype](), primary_key=c.name in tc.primary_key) for c in tc.columns
-    ]
+    cols = [sa.Column(c.name, _SA_TYPES[c.dtype](), primary_key=c.name in tc.primary_key) for c in tc.columns]
     return sa.Table(tc.name, metadata, *cols, sa.Index(f"ix_{tc.name}_{tc.watermark}", tc.watermark))
 
 
@@ -79,49 +78,61 @@ class ShopDB:
 
     def load(self, name: str, data: pa.Table | pd.DataFrame) -> int:
         """Append rows (conformed to the contract) in one transaction; returns the row count."""
-        tc = contract(name)
-        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
-        table = tc.conform(table)
-        if table.num_rows == 0:
-            return 0
-        if self.is_sqlite:
-            self._load_sqlite(tc, table)
-        else:
-            self._load_copy(tc, table)
-        return table.num_rows
+        return self.replace({name: data}, truncate=False)[name]
+
+    def replace(self, data: Mapping[str, pa.Table | pd.DataFrame], truncate: bool = True) -> dict[str, int]:
+        """Empty every OLTP table and load ``data`` in ONE transaction (append when not ``truncate``).
+
+        Everything is conformed to the contracts before the transaction starts, so a bad
+        table changes nothing, and a failing database rolls back to the previous contents.
+        """
+        tables = {}
+        for name, frame in data.items():
+            table = (
+                frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+            )
+            tables[name] = contract(name).conform(table)
+        with self._raw() as conn:
+            cur = conn.cursor()
+            if not self.is_sqlite:
+                cur.execute("SET TIME ZONE 'UTC'")
+            if truncate:
+                for name in OLTP_TABLES:
+                    cur.execute(f"DELETE FROM {name}")
+            for name, table in tables.items():
+                if table.num_rows:
+                    self._insert(cur, contract(name), table)
+        return {name: t.num_rows for name, t in tables.items()}
 
     def _columns_for_driver(self, tc: TableContract, table: pa.Table) -> list[list[Any]]:
-        cols = []
+        """Columns as driver-ready Python lists; timestamps as UTC text both drivers accept."""
+        df = pl.from_arrow(table)
+        assert isinstance(df, pl.DataFrame)
+        exprs = []
         for c in tc.columns:
-            arr = table.column(c.name)
             if c.dtype == "timestamp":
-                s = arr.to_pandas().dt.tz_convert("UTC").dt.strftime(SQLITE_TS)
-                cols.append([None if pd.isna(v) else v for v in s])
+                exprs.append(pl.col(c.name).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.6f"))
             elif c.dtype == "date":
-                cols.append([None if v is None else v.isoformat() for v in arr.to_pylist()])
+                exprs.append(pl.col(c.name).dt.strftime("%Y-%m-%d"))
             else:
-                cols.append(arr.to_pylist())
-        return cols
+                exprs.append(pl.col(c.name))
+        df = df.select(exprs)
+        return [df.get_column(c.name).to_list() for c in tc.columns]
 
-    def _load_sqlite(self, tc: TableContract, table: pa.Table) -> None:
+    def _insert(self, cur: Any, tc: TableContract, table: pa.Table) -> None:
+        """Bulk insert: ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
         cols = self._columns_for_driver(tc, table)
-        sql = f"INSERT INTO {tc.name} ({', '.join(tc.names)}) VALUES ({', '.join('?' * len(tc.names))})"
-        with self._raw() as conn:
-            conn.cursor().executemany(sql, list(zip(*cols, strict=True)))
-
-    def _load_copy(self, tc: TableContract, table: pa.Table) -> None:
-        cols = self._columns_for_driver(tc, table)
+        names = ", ".join(tc.names)
+        if self.is_sqlite:
+            sql = f"INSERT INTO {tc.name} ({names}) VALUES ({', '.join('?' * len(tc.names))})"
+            cur.executemany(sql, list(zip(*cols, strict=True)))
+            return
         buf = io.StringIO()
         writer = csv.writer(buf)
         for row in zip(*cols, strict=True):
             writer.writerow(["\\N" if v is None else v for v in row])
         buf.seek(0)
-        with self._raw() as conn:
-            cur = conn.cursor()
-            cur.execute("SET TIME ZONE 'UTC'")
-            cur.copy_expert(
-                f"COPY {tc.name} ({', '.join(tc.names)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf
-            )
+        cur.copy_expert(f"COPY {tc.name} ({names}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf)
 
     def extract(self, name: str, start: datetime | None = None, end: datetime | None = None) -> pa.Table:
         """Rows whose watermark lies in ``[start, end)``, in contract types, ordered by key."""

@@ -1,0 +1,38 @@
+"""Shared pytest fixtures.
+
+Service fixtures are session-scoped: starting PostgreSQL or moto costs about a second,
+so every test shares one instance and isolates itself (own database, own bucket).
+The servers themselves live in :mod:`propensity.services`, which has no pytest
+dependency, so the same code can back a local dev stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from propensity.services import PostgresServer, S3Server, postgres_available
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1; skips when it cannot run here."""
+    reason = postgres_available()
+    if reason is not None:
+        pytest.skip(f"PostgreSQL unavailable: {reason}")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1, with its env vars set for the whole session.
+
+    ``monkeypatch`` is function-scoped, hence ``MonkeyPatch.context()``; the variables are
+    restored before the server stops.
+    """
+    with S3Server() as server, pytest.MonkeyPatch.context() as mp:
+        for key, value in server.env().items():
+            mp.setenv(key, value)
+        yield server
