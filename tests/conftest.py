@@ -36,3 +36,28 @@ def s3_server() -> Iterator[S3Server]:
         for key, value in server.env().items():
             mp.setenv(key, value)
         yield server
+
+
+# --- simulated shops ------------------------------------------------------------------
+
+from datetime import date  # noqa: E402
+
+from propensity.config import DirtConfig, Settings  # noqa: E402
+
+CLEAN = DirtConfig(rate=0.0)
+SMALL_SHOP = {"customers": 4000, "days": 150, "start": date(2025, 1, 1), "seed": 11}
+
+
+def make_shop(home, dirt: DirtConfig = CLEAN, **overrides) -> Settings:
+    """Simulate a small shop under ``home`` and return its settings."""
+    from propensity.simulate import simulate
+
+    settings = Settings(home=home)
+    simulate(settings, dirt_cfg=dirt, **{**SMALL_SHOP, **overrides})
+    return settings
+
+
+@pytest.fixture(scope="session")
+def clean_shop(tmp_path_factory) -> Settings:
+    """A clean (dirt-off) simulated shop shared by read-only tests."""
+    return make_shop(tmp_path_factory.mktemp("clean_shop"))

@@ -128,7 +128,8 @@ class TableContract:
 
     @property
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in self.columns])
+        """Storage schema: every field nullable, so raw data keeps its nulls for validation to judge."""
+        return pa.schema([pa.field(c.name, c.arrow_type) for c in self.columns])
 
     @property
     def schema_hash(self) -> str:

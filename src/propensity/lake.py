@@ -133,7 +133,7 @@ class Lake:
         files = self._files(zone, table, parts)
         if not files:
             return None
-        return pq.read_table(files, filesystem=self.store.arrow_fs, columns=columns)
+        return pq.read_table(files, filesystem=self.store.arrow_fs, columns=columns, partitioning=None)
 
     def read_table(
         self,
@@ -152,10 +152,8 @@ class Lake:
         if not files:
             return schema.empty_table() if schema is not None else None
         dataset_schema = schema or pq.read_schema(files[0], filesystem=self.store.arrow_fs)
-        result = pq.ParquetDataset(files, filesystem=self.store.arrow_fs, schema=dataset_schema).read(
-            columns=columns
-        )
-        return result
+        dataset = pq.ParquetDataset(files, filesystem=self.store.arrow_fs, schema=dataset_schema, partitioning=None)
+        return dataset.read(columns=columns)
 
     def write_json(self, key: str, doc: Any) -> None:
         self.store.put_text(key, json.dumps(doc, indent=2, sort_keys=True, default=str))

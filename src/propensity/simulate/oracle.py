@@ -144,8 +144,9 @@ class Truth:
         return pa.table(
             {
                 "customer_id": pa.array(self.customer_ids[ex].astype(str)),
-                "p_purchase": 1.0 - (a_np + dead_np)[ex],
-                "p_inactive": (a_ns + dead_ns)[ex],
+                # clip: 1 - (a + dead) can round to -1e-16
+                "p_purchase": np.clip(1.0 - (a_np + dead_np)[ex], 0.0, 1.0),
+                "p_inactive": np.clip((a_ns + dead_ns)[ex], 0.0, 1.0),
             }
         )
 

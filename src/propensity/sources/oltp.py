@@ -12,6 +12,7 @@ import io
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -48,6 +49,9 @@ class ShopDB:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url)
         self.metadata = sa.MetaData()
         self.tables = {name: sa_table(contract(name), self.metadata) for name in OLTP_TABLES}

@@ -1,0 +1,47 @@
+# propensity: the two commands a newcomer needs are `make demo` and `make test`.
+# Both create or refresh the virtualenv (.venv) themselves.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+UV = $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+export PROPENSITY_HOME ?= $(CURDIR)/var
+
+DEMO_CUSTOMERS ?= 20000
+DEMO_DAYS ?= 365
+DEMO_START ?= 2025-01-01
+DEMO_END ?= $(shell $(PYTHON) -c "import datetime as d; print(d.date.fromisoformat('$(DEMO_START)') + d.timedelta(days=$(DEMO_DAYS) - 1))")
+PYTEST_ARGS ?=
+
+.PHONY: venv services test lint demo clean help
+
+help:
+	@echo "make demo   - set up and run the main job end to end on embedded defaults"
+	@echo "make test   - set up and run the test suite (ruff + pytest)"
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
+	@test -x $(BIN)/python || $(UV) venv -q -p 3.11 $(VENV)
+	$(UV) pip install -q -p $(BIN)/python -r requirements.txt
+	$(UV) pip install -q -p $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+services:
+	@bash scripts/ensure-postgres.sh
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv services lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/propensity simulate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --start $(DEMO_START)
+	$(BIN)/propensity run --start $(DEMO_START) --end $(DEMO_END) --through collect
+
+clean:
+	rm -rf var
