@@ -16,7 +16,7 @@ from pathlib import Path
 
 from propensity.config import Settings, load_settings
 
-STAGES = ("collect",)
+STAGES = ("collect", "validate")
 
 
 def _date(text: str) -> date:
@@ -86,11 +86,57 @@ def cmd_collect(s: Settings, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(s: Settings, a: argparse.Namespace) -> int:
+    """Validate raw partitions; prints one summary line per table and date, exits 1 on critical failures."""
+    from propensity.collect import days
+    from propensity.validation import Gate
+
+    dts = days(a.date, a.end or a.date)
+    outcomes = Gate(s).validate(dts, a.tables)
+    print_outcomes(outcomes, per_day=len(dts) <= 7)
+    bad = [o for o in outcomes if o.critical]
+    if bad:
+        print(f"CRITICAL: {len(bad)} partition(s) not published", file=sys.stderr)
+        for o in bad:
+            for msg in o.critical:
+                print(f"  {o.table} dt={o.dt}: {msg}", file=sys.stderr)
+        return 1
+    print(f"clean zone: {s.lake_uri}/clean; results: {s.lake_uri}/validation; Data Docs: {s.gx_dir}")
+    return 0
+
+
+def print_outcomes(outcomes: list, per_day: bool) -> None:
+    """One line per table and date (short ranges) or per table (long ranges)."""
+    if per_day:
+        for o in outcomes:
+            print(o.summary())
+        return
+    by_table: dict[str, dict] = {}
+    for o in outcomes:
+        t = by_table.setdefault(o.table, {"in": 0, "clean": 0, "q": {}, "critical": 0, "n": 0})
+        t["in"] += o.rows_in
+        t["clean"] += o.rows_clean
+        t["critical"] += bool(o.critical)
+        t["n"] += 1
+        for k, v in o.quarantined.items():
+            t["q"][k] = t["q"].get(k, 0) + v
+    for name, t in by_table.items():
+        q = ", ".join(f"{k} {v:,}" for k, v in sorted(t["q"].items())) or "none"
+        print(
+            f"{name}: {t['n']} partitions, {t['in']:,} in, {t['clean']:,} clean, "
+            f"{sum(t['q'].values()):,} quarantined ({q}), {t['critical']} with critical failures"
+        )
+
+
 def cmd_run(s: Settings, a: argparse.Namespace) -> int:
     """Run the chain stage by stage up to ``--through`` over the sources that are present."""
     stages = STAGES[: STAGES.index(a.through) + 1]
     if "collect" in stages:
         cmd_collect(s, argparse.Namespace(start=a.start, end=a.end, tables=None))
+    if "validate" in stages:
+        rc = cmd_validate(s, argparse.Namespace(date=a.start, end=a.end, tables=None))
+        if rc:
+            return rc
     return 0
 
 
@@ -98,6 +144,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "simulate": cmd_simulate,
     "import": cmd_import,
     "collect": cmd_collect,
+    "validate": cmd_validate,
     "run": cmd_run,
 }
 
@@ -131,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--end", type=_date, help="inclusive; default: --start")
     col.add_argument("--tables", nargs="+")
 
+    val = sub.add_parser("validate", parents=[common], help="data-quality gate: raw -> clean / quarantine")
+    val.add_argument("--date", type=_date, required=True)
+    val.add_argument("--end", type=_date, help="inclusive; validate a range --date..--end")
+    val.add_argument("--tables", nargs="+")
+
     run = sub.add_parser("run", parents=[common], help="run the chain up to a stage in one process")
     run.add_argument("--start", type=_date, required=True)
     run.add_argument("--end", type=_date, required=True)
@@ -141,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if getattr(args, "end", "unset") is None:
+    if getattr(args, "end", "unset") is None and hasattr(args, "start"):
         args.end = args.start
     try:
         settings = load_settings(args.config)

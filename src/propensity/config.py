@@ -56,6 +56,41 @@ class SimulationConfig(BaseModel):
     dirt: DirtConfig = Field(default_factory=DirtConfig)
 
 
+class VolumeConfig(BaseModel):
+    """Row-count band around the trailing median of a table's recent partitions.
+
+    The band is ``[m * min_ratio - z * sqrt(m), m * max_ratio + z * sqrt(m) + 10]`` for the median ``m``
+    (robust to an initial full load or one outage):
+    proportional for busy tables (a 90% drop in clickstream is caught), Poisson-tolerant
+    for quiet ones (a closed Saturday in a small shop is not an alarm).
+    """
+
+    history: int = Field(7, ge=1, description="trailing partitions that form the baseline")
+    min_history: int = Field(3, ge=1, description="no volume check until this many exist")
+    min_ratio: float = 0.2
+    max_ratio: float = 10.0
+    z: float = 3.0
+
+
+class ValidationConfig(BaseModel):
+    """Data-quality gate settings. Severities: ``critical`` stops publication, ``row`` quarantines.
+
+    ``severity`` overrides the default per rule (``"range"``) or per table and rule
+    (``"orders.range"``). A key rule (``escalate_rules``) that fails more than
+    ``escalate_share`` of a partition's rows is escalated to critical: at that point the
+    keys are broken, not dirty.
+    """
+
+    volume: VolumeConfig = Field(default_factory=VolumeConfig)
+    bot_events_per_minute: float = 60.0
+    bot_min_events: int = 30
+    freshness_hours: dict[str, float] = Field(default_factory=lambda: {"events": 12.0})
+    escalate_share: float = Field(0.5, gt=0, le=1)
+    escalate_rules: list[str] = Field(default_factory=lambda: ["unique_key", "not_null", "foreign_key"])
+    severity: dict[str, str] = Field(default_factory=dict)
+    docs: bool = Field(True, description="build a great-expectations Data Docs site under <home>/gx")
+
+
 class Settings(BaseSettings):
     """Where everything lives and how the pipeline behaves.
 
@@ -80,6 +115,7 @@ class Settings(BaseSettings):
     )
     base_currency: str = "EUR"
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -122,6 +158,11 @@ class Settings(BaseSettings):
     def truth_dir(self) -> Path:
         """The simulator's oracle store. Only the simulator and evaluation code read it."""
         return self.home_dir / "truth"
+
+    @property
+    def gx_dir(self) -> Path:
+        """great-expectations project (suites, results, Data Docs)."""
+        return self.home_dir / "gx"
 
     @property
     def tracking_uri(self) -> str:

@@ -1,0 +1,462 @@
+"""The raw-zone gate: raw partitions in, clean and quarantine partitions out.
+
+For each table, the suites are generated from its contract (never listed by hand):
+keys, not-null, value sets, ranges, timestamps inside the partition's interval,
+referential integrity, bot sessions (row level), and schema drift, volume, empty
+partitions and freshness (partition level, checked on a one-row-per-partition profile).
+Row-level failures are quarantined with rule and reason; critical failures stop the
+partition from being published and are raised together at the end.
+
+A date range is validated in one great-expectations run per table (rows of all days in
+one batch, tagged with their ``dt``), which is what makes a year of backfill fast;
+every rule is evaluated per partition, so one day validated alone gives the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from propensity.config import Settings
+from propensity.contracts import TABLES, TableContract, contract
+from propensity.lake import Lake
+from propensity.validation import checks as ck
+from propensity.validation.runner import CheckResult, GXRunner
+
+log = logging.getLogger(__name__)
+
+RAW, CLEAN, QUARANTINE, RESULTS = "raw", "clean", "quarantine", "validation"
+PARTITION_RULES = ("schema", "volume", "empty_partition", "freshness")
+DQ_COLUMNS = ("dq_rule", "dq_column", "dq_reason")
+
+
+class ValidationFailed(RuntimeError):
+    """Raised after a run when any partition had a critical failure; carries every outcome."""
+
+    def __init__(self, outcomes: Sequence[PartitionOutcome]) -> None:
+        self.outcomes = list(outcomes)
+        bad = [o for o in outcomes if o.critical]
+        lines = [f"{o.table} dt={o.dt}: {msg}" for o in bad for msg in o.critical]
+        super().__init__(
+            f"critical data-quality failures in {len(bad)} partition(s); nothing published for them:\n  "
+            + "\n  ".join(lines)
+        )
+
+
+@dataclass
+class PartitionOutcome:
+    table: str
+    dt: str
+    rows_in: int = 0
+    rows_clean: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    critical: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    published: bool = False
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(self.quarantined.values())
+
+    def summary(self) -> str:
+        by_rule = ", ".join(f"{k} {v:,}" for k, v in sorted(self.quarantined.items())) or "none"
+        status = "published" if self.published else "NOT PUBLISHED"
+        return (
+            f"{self.table} dt={self.dt}: {self.rows_in:,} in, {self.rows_clean:,} clean, "
+            f"{self.rows_quarantined:,} quarantined ({by_rule}), {len(self.critical)} critical [{status}]"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "dt": self.dt,
+            "rows_in": self.rows_in,
+            "rows_clean": self.rows_clean,
+            "quarantined_by_rule": self.quarantined,
+            "critical": self.critical,
+            "findings": self.findings,
+            "published": self.published,
+        }
+
+
+# rules from contracts --------------------------------------------------------------------
+
+
+def _severity(settings: Settings, table: str, check: ck.Check) -> ck.Check:
+    sev = settings.validation.severity
+    wanted = sev.get(f"{table}.{check.rule}") or sev.get(check.rule)
+    if wanted is None:
+        return check
+    if wanted not in ("critical", "row"):
+        raise ValueError(f"validation.severity for {table}.{check.rule}: {wanted!r} is not 'critical' or 'row'")
+    return replace(check, severity=wanted)
+
+
+def row_checks(tc: TableContract, settings: Settings) -> list[ck.Check]:
+    """Row-level checks generated from a table contract."""
+    out: list[ck.Check] = []
+    pk = list(tc.primary_key)
+    out.append(replace(ck.unique([*pk, "__dt"]), column="+".join(pk)))
+    for c in tc.columns:
+        if not c.nullable:
+            out.append(ck.not_null(c.name))
+        if c.allowed is not None:
+            reason = {
+                "country": "must be an ISO 3166-1 alpha-2 country code",
+                "currency": "must be an ISO 4217 currency code",
+                "base_currency": "must be an ISO 4217 currency code",
+            }.get(c.name)
+            out.append(ck.in_set(c.name, sorted(c.allowed), reason=reason))
+        if c.gt is not None or c.ge is not None or c.le is not None:
+            lo = c.gt if c.gt is not None else c.ge
+            out.append(ck.between(c.name, lo, c.le, strict_min=c.gt is not None))
+        if c.dtype in ("timestamp", "date"):
+            if c.name == tc.watermark:
+                out.append(ck.before(c.name, "__interval_end", "in_interval", "must fall inside the partition's day"))
+                out.append(
+                    ck.before(
+                        "__interval_start",
+                        c.name,
+                        "in_interval",
+                        "must fall inside the partition's day",
+                        or_equal=True,
+                        reported_column=c.name,
+                    )
+                )
+            else:
+                out.append(ck.before(c.name, "__interval_end", "not_future", "must not be after the partition's day"))
+    for fk in tc.foreign_keys:
+        out.append(
+            ck.flag_true(
+                f"__fk_{fk.column}",
+                "foreign_key",
+                fk.column,
+                f"must reference an existing {fk.ref_table}.{fk.ref_column}",
+            )
+        )
+    if tc.name == "events":
+        v = settings.validation
+        out.append(ck.between("__session_events_per_minute", max_value=v.bot_events_per_minute, rule="bot_session"))
+        out[-1] = replace(
+            out[-1],
+            column="session_id",
+            reason=f"session with >= {v.bot_min_events} events at more than {v.bot_events_per_minute:g} events/minute",
+        )
+    return [_severity(settings, tc.name, c) for c in out]
+
+
+def partition_checks(tc: TableContract, settings: Settings) -> list[ck.Check]:
+    """Partition-level (critical by default) checks over the per-partition profile frame."""
+    import great_expectations.expectations as gxe
+
+    out = [
+        ck.table_between("n_missing_columns", None, 0, "schema", "missing column(s)"),
+        ck.table_between("n_extra_columns", None, 0, "schema", "extra column(s)"),
+        ck.table_between("n_retyped_columns", None, 0, "schema", "retyped column(s)"),
+    ]
+    for col, name in (("volume_min", "row count below the band"), ("volume_max", "row count above the band")):
+        a, b = ("row_count", col) if col == "volume_min" else (col, "row_count")
+        exp = gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A=a, column_B=b, or_equal=True, ignore_row_if="either_value_is_missing"
+        )
+        out.append(ck._with_meta(ck.Check("volume", col, name, exp, severity="critical")))
+    out.append(
+        replace(
+            ck.flag_true(
+                "__not_empty_or_unexpected",
+                "empty_partition",
+                "row_count",
+                "empty partition for a table that normally has rows",
+            ),
+            severity="critical",
+        )
+    )
+    hours = settings.validation.freshness_hours.get(tc.name)
+    if hours is not None:
+        out.append(
+            ck.table_between(
+                "freshness_lag_hours",
+                None,
+                hours,
+                "freshness",
+                f"latest {tc.watermark} must be within {hours:g} h of the interval end",
+            )
+        )
+    for c in out:
+        c.expectation.meta = c.meta()
+    return [_severity(settings, tc.name, c) for c in out]
+
+
+# the gate ------------------------------------------------------------------------------------
+
+
+def _interval(dt: str) -> tuple[datetime, datetime]:
+    d = date.fromisoformat(dt)
+    start = datetime(d.year, d.month, d.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def schema_drift(tc: TableContract, schema: pa.Schema) -> tuple[list[str], list[str], list[str]]:
+    names = set(schema.names)
+    missing = [c.name for c in tc.columns if c.name not in names]
+    extra = [n for n in schema.names if n not in set(tc.names)]
+    retyped = [
+        f"{c.name} ({schema.field(c.name).type} instead of {c.arrow_type})"
+        for c in tc.columns
+        if c.name in names and schema.field(c.name).type != c.arrow_type and schema.field(c.name).type != pa.null()
+    ]
+    return missing, extra, retyped
+
+
+def volume_band(history: Sequence[int], settings: Settings) -> tuple[float | None, float | None]:
+    v = settings.validation.volume
+    recent = list(history)[-v.history :]
+    if len(recent) < v.min_history:
+        return None, None
+    mid = float(np.median(recent))  # robust to a one-off initial load or a single outage
+    lo = max(0.0, mid * v.min_ratio - v.z * math.sqrt(mid))
+    hi = mid * v.max_ratio + v.z * math.sqrt(mid) + 10
+    return lo, hi
+
+
+class Gate:
+    """Validates raw partitions and publishes clean/quarantine partitions; one instance per run."""
+
+    def __init__(self, settings: Settings, runner: GXRunner | None = None) -> None:
+        self.settings = settings
+        self.lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
+        self.runner = runner or GXRunner(settings.gx_dir if settings.validation.docs else None)
+        self._keys: dict[str, pa.Array] = {}
+
+    def parent_keys(self, table: str, column: str) -> pa.Array:
+        """Every key the raw zone has for ``table`` (any date: CDC puts updated rows at their update date)."""
+        k = f"{table}.{column}"
+        if k not in self._keys:
+            t = self.lake.read_table(RAW, table, columns=[column])
+            self._keys[k] = pc.unique(t.column(column)) if t is not None else pa.array([], pa.string())
+        return self._keys[k]
+
+    def validate(self, dts: Iterable[str | date], tables: Iterable[str] | None = None) -> list[PartitionOutcome]:
+        days = sorted({d if isinstance(d, str) else d.isoformat() for d in dts})
+        outcomes = []
+        for name in tables or TABLES:
+            outcomes.extend(self.validate_table(name, days))
+        return outcomes
+
+    def validate_table(self, table: str, dts: Sequence[str]) -> list[PartitionOutcome]:
+        tc = contract(table)
+        manifests = {p["dt"]: p for p in self.lake.partitions(RAW, table)}
+        counts = {}
+        for dt in sorted(manifests):
+            m = self.lake.manifest(RAW, table, {"dt": dt})
+            counts[dt] = int(m["row_count"]) if m else 0
+        outcomes: dict[str, PartitionOutcome] = {}
+        profile: list[dict[str, Any]] = []
+        batches: list[tuple[str, pa.Table]] = []
+        for dt in dts:
+            out = outcomes[dt] = PartitionOutcome(table, dt)
+            if dt not in manifests:
+                out.critical.append("no raw partition: collection has not run for this date")
+                continue
+            raw = self.lake.read_partition(RAW, table, {"dt": dt})
+            assert raw is not None
+            out.rows_in = raw.num_rows
+            missing, extra, retyped = schema_drift(tc, raw.schema)
+            _, end = _interval(dt)
+            lag = None
+            if raw.num_rows and tc.watermark in raw.column_names and not retyped:
+                wm = pc.max(raw.column(tc.watermark)).as_py()
+                if isinstance(wm, datetime):
+                    lag = (end - wm).total_seconds() / 3600.0
+            lo, hi = volume_band([counts[d] for d in sorted(counts) if d < dt], self.settings)
+            profile.append(
+                {
+                    "dt": dt,
+                    "row_count": raw.num_rows,
+                    "volume_min": lo,
+                    "volume_max": hi,
+                    "__not_empty_or_unexpected": bool(raw.num_rows > 0 or not lo),
+                    "n_missing_columns": len(missing),
+                    "n_extra_columns": len(extra),
+                    "n_retyped_columns": len(retyped),
+                    "missing": ", ".join(missing),
+                    "extra": ", ".join(extra),
+                    "retyped": ", ".join(retyped),
+                    "freshness_lag_hours": lag,
+                }
+            )
+            if not missing and not retyped:
+                batches.append((dt, tc.conform(raw)))
+        prof_df = pd.DataFrame(profile)
+        if len(prof_df):
+            self._apply_partition_results(tc, prof_df, outcomes)
+        if batches:
+            self._validate_rows(tc, batches, outcomes)
+        for out in outcomes.values():
+            self._write_result(out)
+            log.info("%s", out.summary())
+        return [outcomes[dt] for dt in dts]
+
+    # partition level ----------------------------------------------------------------
+
+    def _apply_partition_results(self, tc: TableContract, prof: pd.DataFrame, outcomes: dict) -> None:
+        res = self.runner.run(f"raw.{tc.name}.partitions", prof, partition_checks(tc, self.settings))
+        for r in res.failed():
+            for i in r.unexpected_index:
+                row = prof.iloc[i]
+                out = outcomes[row["dt"]]
+                out.critical.append(self._partition_message(r, row))
+
+    @staticmethod
+    def _partition_message(r: CheckResult, row: pd.Series) -> str:
+        rule = r.check.rule
+        if rule == "schema":
+            kind = r.check.column.split("_")[1]  # missing / extra / retyped
+            return f"schema: {kind} column(s): {row[kind]}"
+        if rule in ("volume", "empty_partition"):
+            lo, hi = row["volume_min"], row["volume_max"]
+            return (
+                f"{rule}: column row_count = {int(row['row_count']):,}, expected within "
+                f"[{lo:,.0f}, {hi:,.0f}] from the trailing partitions"
+            )
+        return f"{rule}: {r.check.reason} (lag {row['freshness_lag_hours']:.1f} h)"
+
+    # row level --------------------------------------------------------------------------
+
+    def _helpers(self, tc: TableContract, df: pd.DataFrame, dts: pd.Series) -> None:
+        starts = {dt: _interval(dt) for dt in dts.unique()}
+        if contract(tc.name).column(tc.watermark).dtype == "date":
+            df["__interval_start"] = dts.map(lambda d: date.fromisoformat(d))
+            df["__interval_end"] = dts.map(lambda d: date.fromisoformat(d) + timedelta(days=1))
+        else:
+            df["__interval_start"] = pd.to_datetime(dts.map(lambda d: starts[d][0]), utc=True)
+            df["__interval_end"] = pd.to_datetime(dts.map(lambda d: starts[d][1]), utc=True)
+        for fk in tc.foreign_keys:
+            keys = self.parent_keys(fk.ref_table, fk.ref_column)
+            if fk.ref_table == tc.name:
+                keys = pa.concat_arrays([keys, pa.array(df[fk.ref_column].dropna().unique(), pa.string())])
+            col = df[fk.column]
+            df[f"__fk_{fk.column}"] = col.isna() | col.isin(keys.to_pylist())
+        if tc.name == "events":
+            v = self.settings.validation
+            g = df.groupby(["__dt", "session_id"], dropna=False)["event_time"]
+            n = g.transform("size")
+            span = (g.transform("max") - g.transform("min")).dt.total_seconds() / 60.0
+            epm = n / np.maximum(span, 1.0)
+            df["__session_events_per_minute"] = np.where(n >= v.bot_min_events, epm, 0.0)
+
+    def _validate_rows(self, tc: TableContract, batches: list[tuple[str, pa.Table]], outcomes: dict) -> None:
+        big = pa.concat_tables([t for _, t in batches])
+        if big.num_rows == 0:
+            for dt, t in batches:
+                self._publish(tc, outcomes[dt], t, t.slice(0, 0), [])
+            return
+        dts = pd.Series(np.repeat([dt for dt, _ in batches], [t.num_rows for _, t in batches]), dtype=object)
+        df = big.to_pandas()
+        df["__dt"] = dts.to_numpy()
+        self._helpers(tc, df, dts)
+        checks = row_checks(tc, self.settings)
+        res = self.runner.run(f"raw.{tc.name}.rows", df, checks)
+        n = len(df)
+        fail_rule = np.full(n, -1, dtype=np.int64)  # first failing row-level check per row
+        per_dt_rows = dts.value_counts().to_dict()
+        v = self.settings.validation
+        for ci, r in enumerate(res.results):
+            if r.success or not r.unexpected_index:
+                continue
+            idx = np.asarray(r.unexpected_index, dtype=np.int64)
+            if r.check.keep_first:  # keep one copy of each key; null keys are not_null's business
+                key = df.loc[idx, list(r.check.key)]
+                idx = idx[(key.duplicated(keep="first") & key.notna().all(axis=1)).to_numpy()]
+            if not len(idx):
+                continue
+            by_dt = pd.Series(dts.to_numpy()[idx]).value_counts()
+            for dt, cnt in by_dt.items():
+                out = outcomes[dt]
+                share = cnt / max(per_dt_rows.get(dt, 1), 1)
+                in_dt = idx[dts.to_numpy()[idx] == dt]
+                sample = _sample(df, r.check.column, in_dt)
+                msg = f"{r.check.rule} on column {r.check.column}: {cnt:,} row(s) {r.check.reason}" + (
+                    f" (e.g. {sample})" if sample else ""
+                )
+                if r.check.severity == "critical":
+                    out.critical.append(msg)
+                elif r.check.rule in v.escalate_rules and share > v.escalate_share:
+                    out.critical.append(f"{msg}; {share:.0%} of the partition, escalated to critical")
+                else:
+                    out.findings.append(msg)
+            if r.check.severity == "row":
+                free = idx[fail_rule[idx] < 0]
+                fail_rule[free] = ci
+        for dt, t_offsets in self._dt_slices(batches).items():
+            out = outcomes[dt]
+            if out.critical:
+                continue
+            lo, hi = t_offsets
+            rules = fail_rule[lo:hi]
+            bad = np.flatnonzero(rules >= 0)
+            part = big.slice(lo, hi - lo)
+            self._publish(
+                tc,
+                out,
+                part.filter(pa.array(rules < 0)),
+                part.take(pa.array(bad, pa.int64())),
+                [res.results[i].check for i in rules[bad]],
+            )
+
+    def _publish(
+        self, tc: TableContract, out: PartitionOutcome, clean: pa.Table, bad: pa.Table, bad_checks: list[ck.Check]
+    ) -> None:
+        """Quarantine first, then clean: the clean manifest is the commit point downstream sees."""
+        q = bad
+        for name, values in zip(
+            DQ_COLUMNS,
+            ([c.rule for c in bad_checks], [c.column for c in bad_checks], [c.reason for c in bad_checks]),
+            strict=True,
+        ):
+            q = q.append_column(name, pa.array(values, pa.string()))
+        for c in bad_checks:
+            out.quarantined[c.rule] = out.quarantined.get(c.rule, 0) + 1
+        out.rows_clean = clean.num_rows
+        parts = {"dt": out.dt}
+        meta = {"rows_in": out.rows_in, "quarantined_by_rule": out.quarantined}
+        self.lake.write_partition(QUARANTINE, tc.name, parts, q, meta)
+        self.lake.write_partition(CLEAN, tc.name, parts, clean, meta)
+        out.published = True
+
+    @staticmethod
+    def _dt_slices(batches: list[tuple[str, pa.Table]]) -> dict[str, tuple[int, int]]:
+        out, pos = {}, 0
+        for dt, t in batches:
+            out[dt] = (pos, pos + t.num_rows)
+            pos += t.num_rows
+        return out
+
+    def _write_result(self, out: PartitionOutcome) -> None:
+        self.lake.write_json(f"{RESULTS}/{out.table}/dt={out.dt}/result.json", out.to_json())
+
+
+def _sample(df: pd.DataFrame, column: str | None, idx: np.ndarray) -> str:
+    if column is None or column not in df.columns or not len(idx):
+        return ""
+    values = pd.unique(df[column].to_numpy()[idx[:50]])[:3]
+    return ", ".join(map(str, values))
+
+
+def validate(
+    settings: Settings, dts: Iterable[str | date], tables: Iterable[str] | None = None, raise_on_critical: bool = True
+) -> list[PartitionOutcome]:
+    """Validate raw partitions for ``dts``; raises :class:`ValidationFailed` after publishing the good ones."""
+    outcomes = Gate(settings).validate(dts, tables)
+    if raise_on_critical and any(o.critical for o in outcomes):
+        raise ValidationFailed(outcomes)
+    return outcomes

@@ -1,0 +1,124 @@
+"""Running checks through great-expectations: suites, validation definitions, checkpoints, Data Docs.
+
+One :class:`GXRunner` wraps a GX context. With a ``root`` it is a file context under
+``<home>/gx`` whose checkpoints update a Data Docs site after each run (the place users
+already look); without, an ephemeral context for library use and tests. GX's progress
+bars and chatty loggers are silenced so that task logs stay readable.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from propensity.validation.checks import Check
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+for _name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+@dataclass
+class CheckResult:
+    check: Check
+    success: bool
+    unexpected_count: int = 0
+    unexpected_index: list[int] = field(default_factory=list)
+    observed: Any = None
+    sample: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class SuiteResult:
+    name: str
+    success: bool
+    results: list[CheckResult]
+    statistics: dict[str, Any]
+    docs_url: str | None = None
+
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.success]
+
+
+class GXRunner:
+    def __init__(self, root: Path | None = None) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.gx = gx
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+            self.context = gx.get_context(mode="file", project_root_dir=str(root))
+        else:
+            self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        self.with_docs = root is not None
+        self.datasource = self.context.data_sources.add_or_update_pandas("propensity")
+
+    def _batch_definition(self, name: str) -> Any:
+        try:
+            asset = self.datasource.get_asset(name)
+        except LookupError:
+            asset = self.datasource.add_dataframe_asset(name)
+        try:
+            return asset.get_batch_definition("whole")
+        except (LookupError, KeyError):
+            return asset.add_batch_definition_whole_dataframe("whole")
+
+    def run(self, name: str, df: pd.DataFrame, checks: Sequence[Check]) -> SuiteResult:
+        """Validate ``df`` (RangeIndex) against ``checks`` through a Checkpoint."""
+        gx = self.gx
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        expectations = []
+        for i, c in enumerate(checks):
+            e = copy.deepcopy(c.expectation)
+            e.id = None
+            e.meta = {**c.meta(), "check_index": i}
+            expectations.append(e)
+        suite = self.context.suites.add_or_update(gx.ExpectationSuite(name=name, expectations=expectations))
+        vd = self.context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(data=self._batch_definition(name), suite=suite, name=name)
+        )
+        actions = [UpdateDataDocsAction(name="update_docs")] if self.with_docs else []
+        cp = self.context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=name,
+                validation_definitions=[vd],
+                actions=actions,
+                result_format={"result_format": "COMPLETE", "partial_unexpected_count": 5},
+            )
+        )
+        result = cp.run(batch_parameters={"dataframe": df})
+        vr = next(iter(result.run_results.values()))
+        out = []
+        for r in vr.results:
+            check = checks[int(r.expectation_config.meta["check_index"])]
+            res = r.result or {}
+            idx = res.get("unexpected_index_list") or []
+            # pandas returns plain indices; some expectations return dicts of {column: value, index}
+            idx = [i if isinstance(i, int) else int(i.get("index", -1)) if isinstance(i, dict) else int(i) for i in idx]
+            out.append(
+                CheckResult(
+                    check=check,
+                    success=bool(r.success),
+                    unexpected_count=int(res.get("unexpected_count") or 0),
+                    unexpected_index=idx,
+                    observed=res.get("observed_value"),
+                    sample=list(res.get("partial_unexpected_list") or [])[:5],
+                )
+            )
+        docs = None
+        if self.with_docs:
+            urls = self.context.get_docs_sites_urls()
+            docs = urls[0]["site_url"] if urls else None
+        return SuiteResult(
+            name=name, success=bool(vr.success), results=out, statistics=dict(vr.statistics or {}), docs_url=docs
+        )
