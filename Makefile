@@ -41,7 +41,7 @@ test: venv services lint
 
 demo: venv
 	$(BIN)/propensity simulate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --start $(DEMO_START)
-	$(BIN)/propensity run --start $(DEMO_START) --end $(DEMO_END) --through collect
+	$(BIN)/propensity run --start $(DEMO_START) --end $(DEMO_END) --through validate
 
 clean:
 	rm -rf var

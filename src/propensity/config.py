@@ -59,8 +59,8 @@ class SimulationConfig(BaseModel):
 class VolumeConfig(BaseModel):
     """Row-count band around the trailing median of a table's recent partitions.
 
-    The band is ``[m * min_ratio - z * sqrt(m), m * max_ratio + z * sqrt(m) + 10]`` for the median ``m``
-    (robust to an initial full load or one outage):
+    The band is ``[m * min_ratio - z * sqrt(m), max(m * max_ratio, 2 * top) + z * sqrt(top) + 10]``
+    for the median ``m`` and maximum ``top`` (robust to an initial full load, an outage, a ramp-up):
     proportional for busy tables (a 90% drop in clickstream is caught), Poisson-tolerant
     for quiet ones (a closed Saturday in a small shop is not an alarm).
     """

@@ -224,7 +224,8 @@ def volume_band(history: Sequence[int], settings: Settings) -> tuple[float | Non
         return None, None
     mid = float(np.median(recent))  # robust to a one-off initial load or a single outage
     lo = max(0.0, mid * v.min_ratio - v.z * math.sqrt(mid))
-    hi = mid * v.max_ratio + v.z * math.sqrt(mid) + 10
+    top = float(max(recent))  # a ramp-up (0, 0, 3, 11...) is growth, not an explosion
+    hi = max(mid * v.max_ratio, top * 2.0) + v.z * math.sqrt(top) + 10
     return lo, hi
 
 
@@ -358,7 +359,8 @@ class Gate:
         big = pa.concat_tables([t for _, t in batches])
         if big.num_rows == 0:
             for dt, t in batches:
-                self._publish(tc, outcomes[dt], t, t.slice(0, 0), [])
+                if not outcomes[dt].critical:  # an empty partition can be critical (empty_partition, volume)
+                    self._publish(tc, outcomes[dt], t, t.slice(0, 0), [])
             return
         dts = pd.Series(np.repeat([dt for dt, _ in batches], [t.num_rows for _, t in batches]), dtype=object)
         df = big.to_pandas()
@@ -448,7 +450,7 @@ class Gate:
 def _sample(df: pd.DataFrame, column: str | None, idx: np.ndarray) -> str:
     if column is None or column not in df.columns or not len(idx):
         return ""
-    values = pd.unique(df[column].to_numpy()[idx[:50]])[:3]
+    values = df[column].iloc[idx[:50]].drop_duplicates().head(3).tolist()
     return ", ".join(map(str, values))
 
 

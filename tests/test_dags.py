@@ -1,0 +1,298 @@
+"""The DAGs in ``dags/``: they import cleanly under Airflow, and ``shop_collect`` really runs.
+
+Airflow work happens in child processes with a throwaway ``AIRFLOW_HOME`` (see
+``airflow_env.py``); seeding the sources and checking the lake happen here, with the
+library only.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from airflow_env import DAGS_FOLDER, AirflowEnv, airflow_env  # noqa: F401  (fixture)
+
+from propensity.config import Settings, load_settings
+from propensity.contracts import CUSTOMERS, EVENTS, FX_RATES, ORDERS, TABLES
+from propensity.lake import Lake
+from propensity.orchestration import (
+    interval_days,
+    io_task_args,
+    raw_asset_name,
+    raw_asset_uri,
+    run_days,
+    selected_tables,
+    summarize,
+)
+from propensity.sources.landing import write_events, write_fx
+from propensity.sources.oltp import ShopDB
+from propensity.storage import open_store
+
+DAY = date(2025, 3, 1)
+NEXT = date(2025, 3, 2)
+
+
+def ts(day: date, hour: int, minute: int = 0) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+
+
+# Helpers (no Airflow) ---------------------------------------------------------------------
+
+
+def test_asset_names_are_stable_and_validated() -> None:
+    assert raw_asset_uri("orders") == "propensity://raw/orders"
+    assert raw_asset_name("orders") == "raw.orders"
+    with pytest.raises(KeyError, match="unknown table"):
+        raw_asset_uri("nope")
+
+
+def test_interval_days() -> None:
+    assert interval_days(ts(DAY, 0), ts(NEXT, 0)) == [DAY]
+    assert interval_days(ts(DAY, 0), ts(date(2025, 3, 4), 0)) == [DAY, NEXT, date(2025, 3, 3)]
+    assert interval_days(ts(DAY, 6), ts(NEXT, 6)) == [DAY, NEXT]  # days overlapping the interval
+    assert interval_days(ts(DAY, 0), ts(DAY, 0)) == []  # zero-length (trigger timetable)
+    assert interval_days(datetime(2025, 3, 1), datetime(2025, 3, 2)) == [DAY]  # naive = UTC
+
+
+def test_run_days_precedence() -> None:
+    interval = {"data_interval_start": ts(DAY, 0), "data_interval_end": ts(NEXT, 0)}
+    assert run_days(**interval) == [DAY]
+    assert run_days(start="2025-02-27", end="2025-02-28", **interval) == [date(2025, 2, 27), date(2025, 2, 28)]
+    assert run_days(start="2025-02-27", **interval) == [date(2025, 2, 27)]
+    assert run_days(end="2025-02-27") == [date(2025, 2, 27)]
+    # manual run without logical date: no data interval -> yesterday relative to run_after
+    assert run_days(run_after=ts(NEXT, 9, 30)) == [DAY]
+    with pytest.raises(ValueError, match="before start"):
+        run_days(start="2025-03-02", end="2025-03-01")
+    with pytest.raises(ValueError, match="cannot tell"):
+        run_days()
+
+
+def test_selected_tables_and_summary() -> None:
+    assert selected_tables(None) == list(TABLES) == selected_tables([])
+    assert selected_tables(["orders", "events", "orders"]) == ["orders", "events"]
+    with pytest.raises(KeyError):
+        selected_tables(["orderz"])
+    results = [[{"table": "orders", "row_count": 2}, {"table": "orders", "row_count": 1}], None]
+    assert summarize(results) == {"orders": {"partitions": 2, "rows": 3}}
+    args = io_task_args()
+    assert args["retries"] > 0 and args["retry_exponential_backoff"] == 2.0
+
+
+# DAG import -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dags_import_without_errors(airflow_env: AirflowEnv) -> None:  # noqa: F811
+    report = airflow_env.import_dags()
+    assert report["import_errors"] == {}
+    files = {str(p) for p in DAGS_FOLDER.glob("*.py") if not p.name.startswith("_")}
+    assert files <= {d["fileloc"] for d in report["dags"].values()}, "a DAG file defines no DAG"
+
+    dag = report["dags"]["shop_collect"]
+    assert (dag["timetable"], dag["schedule"], dag["timezone"]) == ("CronDataIntervalTimetable", "0 0 * * *", "UTC")
+    assert dag["catchup"] is False
+    assert dag["max_active_runs"] == 1
+    assert {"propensity", "collect"} <= set(dag["tags"])
+    assert dag["doc_md"] and "shop_collect" in dag["doc_md"]
+    assert set(dag["params"]) == {"tables", "start", "end"}
+    assert all(p["description"] for p in dag["params"].values())
+    assert dag["params"]["start"]["format"] == "date"
+
+    tasks = dag["tasks"]
+    assert set(tasks) == {f"collect_{t}" for t in TABLES} | {"summary"}
+    for table in TABLES:
+        task = tasks[f"collect_{table}"]
+        assert task["outlets"] == [raw_asset_uri(table)]
+        assert task["retries"] == 3 and task["retry_exponential_backoff"] == 2.0
+        assert task["execution_timeout"]
+    assert tasks["summary"]["trigger_rule"] == "none_failed"
+
+
+# A real run -------------------------------------------------------------------------------
+
+
+def _rows(contract, rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=contract.arrow_schema)
+
+
+def _customer(cid: str, updated: datetime) -> dict:
+    return {
+        "customer_id": cid,
+        "signup_time": updated,
+        "country": "DE",
+        "currency": "EUR",
+        "language": "de",
+        "acquisition_channel": "organic",
+        "email_consent": True,
+        "sms_consent": False,
+        "push_consent": False,
+        "global_opt_out": False,
+        "gender": "unknown",
+        "age_band": "25-34",
+        "created_at": updated,
+        "updated_at": updated,
+    }
+
+
+def _order(oid: str, cid: str, updated: datetime, status: str = "paid") -> dict:
+    return {
+        "order_id": oid,
+        "customer_id": cid,
+        "order_time": updated,
+        "status": status,
+        "currency": "EUR",
+        "gross_amount": 42.0,
+        "discount_amount": 0.0,
+        "coupon_code": None,
+        "payment_method": "card",
+        "created_at": updated,
+        "updated_at": updated,
+    }
+
+
+def _event(eid: str, cid: str | None, when: datetime, kind: str = "page_view") -> dict:
+    return {
+        "event_id": eid,
+        "customer_id": cid,
+        "session_id": f"s-{cid or 'anon'}",
+        "event_time": when,
+        "event_type": kind,
+        "product_id": None,
+        "device": "mobile",
+        "traffic_source": "direct",
+        "dwell_seconds": 3.5,
+    }
+
+
+def seed_sources(settings: Settings) -> None:
+    """A few hand-made rows on DAY in every kind of source, and some on the days around it."""
+    db = ShopDB(settings.shop_db_url)
+    db.create_schema()
+    previous = date(2025, 2, 28)
+    db.load(
+        "customers",
+        _rows(
+            CUSTOMERS,
+            [
+                _customer("c1", ts(DAY, 8)),
+                _customer("c2", ts(DAY, 23, 59)),
+                _customer("c0", ts(previous, 12)),  # previous day: not in DAY's partition
+            ],
+        ),
+    )
+    db.load(
+        "orders",
+        _rows(
+            ORDERS,
+            [
+                _order("o1", "c1", ts(DAY, 9)),
+                _order("o2", "c1", ts(DAY, 10), status="cancelled"),
+                _order("o3", "c2", ts(DAY, 23, 59)),
+                _order("o4", "c2", ts(NEXT, 0)),  # next day: the interval is half-open
+            ],
+        ),
+    )
+    db.dispose()
+    landing = open_store(settings.landing_uri)
+    day_events = [
+        _event("e1", "c1", ts(DAY, 8, 1)),
+        _event("e2", "c1", ts(DAY, 8, 2), "product_view"),
+        _event("e3", None, ts(DAY, 11)),
+        _event("e4", "c2", ts(DAY, 23, 58), "add_to_cart"),
+        _event("e5", "c2", ts(DAY, 23, 59), "checkout"),
+    ]
+    write_events(landing, DAY, _rows(EVENTS, day_events))
+    write_events(landing, NEXT, _rows(EVENTS, [_event("e6", "c2", ts(NEXT, 1))]))
+    fx = [
+        {"date": DAY, "currency": "USD", "base_currency": "EUR", "rate": 0.92},
+        {"date": DAY, "currency": "GBP", "base_currency": "EUR", "rate": 1.18},
+    ]
+    write_fx(open_store(settings.drops_uri), DAY, _rows(FX_RATES, fx))
+
+
+EXPECTED_DAY_ROWS = {"customers": 2, "orders": 3, "events": 5, "fx_rates": 2}
+# A daily data-interval timetable infers [D, D+1) for a manual run at D+1 00:00, so the run
+# that collects DAY has logical date NEXT (like the scheduled run for DAY).
+DAILY_RUN = {"logical_date": f"{NEXT}T00:00:00+00:00"}
+# A manual backfill from the trigger form: explicit dates win over a far-away interval,
+# and only the selected tables run.
+BACKFILL_RUN = {
+    "logical_date": "2025-06-01T00:00:00+00:00",
+    "conf": {"tables": ["orders", "events"], "start": str(DAY), "end": str(NEXT)},
+}
+
+
+@pytest.fixture(scope="module")
+def collect_runs(
+    airflow_env: AirflowEnv,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Settings, dict[str, Any], dict[str, Any]]:
+    """Seed the sources under a fresh PROPENSITY_HOME, then ``dag.test()`` the daily run and
+    the backfill run of ``shop_collect``, one after the other in one Airflow child process."""
+    home = tmp_path_factory.mktemp("propensity")
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("PROPENSITY_")]:
+            mp.delenv(key)
+        mp.setenv("PROPENSITY_HOME", str(home))
+        settings = load_settings()
+        seed_sources(settings)
+    daily, backfill = airflow_env.dag_test(
+        "shop_collect", [DAILY_RUN, BACKFILL_RUN], extra_env={"PROPENSITY_HOME": str(home)}
+    )
+    return settings, daily, backfill
+
+
+@pytest.mark.slow
+def test_shop_collect_daily_run(collect_runs: tuple[Settings, dict[str, Any], dict[str, Any]]) -> None:
+    settings, run, _ = collect_runs
+    assert run["state"] == "success", run["log"][-5000:]
+    assert run["data_interval"][0].startswith(str(DAY)) and run["data_interval"][1].startswith(str(NEXT))
+    assert set(run["tasks"].values()) == {"success"}, run["tasks"]
+
+    lake = Lake.open(settings.lake_uri)
+    for table in TABLES:
+        part = lake.read_partition("raw", table, {"dt": DAY.isoformat()})
+        assert part is not None, f"raw/{table}/dt={DAY} missing"
+        assert part.num_rows == EXPECTED_DAY_ROWS.get(table, 0), table
+        assert part.schema == TABLES[table].arrow_schema
+    customers = lake.read_partition("raw", "customers", {"dt": DAY.isoformat()})
+    assert sorted(customers.column("customer_id").to_pylist()) == ["c1", "c2"]
+    assert lake.partitions("raw", "customers") == [{"dt": DAY.isoformat()}]  # one day only
+
+    events = {e["uri"]: e["extra"] for e in run["asset_events"]}
+    assert set(events) == {raw_asset_uri(t) for t in TABLES}
+    assert events[raw_asset_uri("orders")]["rows"] == 3
+    assert events[raw_asset_uri("orders")]["dates"] == [DAY.isoformat()]
+    assert "collected orders: 3 rows over 1 day(s)" in run["log"]
+    summary = [ln for ln in run["log"].splitlines() if "partition(s)" in ln]
+    assert len(summary) == len(TABLES) and any(
+        ln.split()[3:7] == ["orders", "1", "partition(s)", "3"] for ln in summary
+    )
+
+
+@pytest.mark.slow
+def test_shop_collect_params_backfill(collect_runs: tuple[Settings, dict[str, Any], dict[str, Any]]) -> None:
+    settings, _, run = collect_runs
+    assert run["state"] == "success", run["log"][-5000:]
+    states = dict(run["tasks"])
+    assert states.pop("collect_orders") == states.pop("collect_events") == states.pop("summary") == "success"
+    assert set(states.values()) == {"skipped"}
+
+    lake = Lake.open(settings.lake_uri)
+    counts = {
+        (table, day): lake.read_partition("raw", table, {"dt": day.isoformat()}).num_rows
+        for table in ("orders", "events")
+        for day in (DAY, NEXT)
+    }
+    # DAY re-collected (idempotent: same counts), NEXT added
+    assert counts == {("orders", DAY): 3, ("orders", NEXT): 1, ("events", DAY): 5, ("events", NEXT): 1}
+    assert lake.read_partition("raw", "customers", {"dt": NEXT.isoformat()}) is None  # skipped
+    assert {e["uri"] for e in run["asset_events"]} == {raw_asset_uri("orders"), raw_asset_uri("events")}
+    assert "collected orders: 4 rows over 2 day(s) 2025-03-01..2025-03-02" in run["log"]
+    summary = [ln for ln in run["log"].splitlines() if "partition(s)" in ln]
+    assert [ln.split()[3:5] for ln in summary] == [["orders", "2"], ["events", "2"]], summary
+    assert "XCom not found" not in run["log"]  # the summary only pulls the tables that ran
