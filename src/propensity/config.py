@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -91,6 +91,52 @@ class ValidationConfig(BaseModel):
     docs: bool = Field(True, description="build a great-expectations Data Docs site under <home>/gx")
 
 
+class TaskConfig(BaseModel):
+    """One propensity task: who is eligible at snapshot T, and what the label is over [T, T+H).
+
+    Population rules are windows before T: a customer must have at least one session in
+    the last ``session_days`` (if set), at least one purchase in the last
+    ``purchase_days`` (if set), no purchase in the last ``no_purchase_days`` (if set),
+    and any activity in the last ``active_days`` (if set). ``label`` is ``purchase`` (a
+    non-cancelled order in the horizon) or ``inactive`` (no order and no session in it).
+    """
+
+    horizon_days: int = Field(..., ge=1)
+    label: str = Field(..., pattern="^(purchase|inactive)$")
+    session_days: int | None = None
+    purchase_days: int | None = None
+    no_purchase_days: int | None = None
+    active_days: int | None = None
+    description: str = ""
+
+
+def default_tasks() -> dict[str, TaskConfig]:
+    return {
+        "conversion": TaskConfig(
+            horizon_days=14, label="purchase", session_days=30, no_purchase_days=90,
+            description="visitors with a session in the last 30 days and no purchase in the last 90 "
+            "(never-buyers included): do they purchase in the next 14 days?",
+        ),
+        "repurchase": TaskConfig(
+            horizon_days=30, label="purchase", purchase_days=365,
+            description="customers who bought in the last 365 days: do they buy again in the next 30 days?",
+        ),
+        "churn": TaskConfig(
+            horizon_days=60, label="inactive", active_days=90,
+            description="customers active (purchase or session) in the last 90 days: "
+            "no purchase and no session in the next 60 days?",
+        ),
+    }
+
+
+class FeatureConfig(BaseModel):
+    """Snapshot and training-set settings."""
+
+    snapshot_every_days: int = Field(14, ge=1)
+    training_span_days: int = Field(224, ge=1, description="how far back training snapshots reach")
+    min_history_days: int = Field(60, ge=0, description="first snapshot at least this long after data start")
+
+
 class Settings(BaseSettings):
     """Where everything lives and how the pipeline behaves.
 
@@ -116,6 +162,24 @@ class Settings(BaseSettings):
     base_currency: str = "EUR"
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    tasks: dict[str, TaskConfig] = Field(default_factory=default_tasks)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _merge_tasks(cls, value: Any) -> Any:
+        """``tasks: {repurchase: {horizon_days: 90}}`` overrides one field; ``{conversion: null}`` drops a task."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {k: v.model_dump() for k, v in default_tasks().items()}
+        for name, spec in value.items():
+            if spec is None:
+                merged.pop(name, None)
+            elif isinstance(spec, TaskConfig):
+                merged[name] = spec.model_dump()
+            else:
+                merged[name] = {**merged.get(name, {}), **spec}
+        return merged
 
     @classmethod
     def settings_customise_sources(

@@ -30,7 +30,7 @@ ROWS_PER_FILE = 2_000_000
 
 def partition_path(zone: str, table: str, parts: Mapping[str, str]) -> str:
     segs = [zone, table, *(f"{k}={v}" for k, v in parts.items())]
-    return "/".join(segs)
+    return "/".join(s for s in segs if s)  # zones like features/ have no table level
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -110,7 +110,7 @@ class Lake:
 
     def partitions(self, zone: str, table: str) -> list[dict[str, str]]:
         """Visible partitions (those with a manifest), sorted by their values."""
-        prefix = f"{zone}/{table}/"
+        prefix = "/".join(s for s in (zone, table) if s) + "/"
         found = []
         for key in self.store.list(prefix):
             if not key.endswith("/" + MANIFEST):

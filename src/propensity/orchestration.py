@@ -2,8 +2,9 @@
 
 DAG files stay declarative: which days a run covers, which tables it touches, how raw
 tables are named as Airflow Assets and how tasks retry are decided here, once. Nothing
-in this module imports Airflow at import time (only :func:`raw_asset` does, lazily),
-so it is importable, and unit-testable, without Airflow installed.
+in this module imports Airflow at import time (only :func:`raw_asset` and
+:func:`clean_asset` do, lazily), so it is importable, and unit-testable, without Airflow
+installed.
 
 Asset naming
     A raw table is published as the Airflow Asset ``name="raw.<table>"``,
@@ -16,6 +17,20 @@ Asset naming
     without a registered normaliser (like ``propensity``) is only lower-cased and
     stripped of trailing slashes, so the string is stable. The physical location and
     row counts of what a run wrote go into the asset *event* ``extra`` instead.
+
+    A validated table is published the same way as ``name="clean.<table>"``,
+    ``uri="propensity://clean/<table>"``, ``group="clean"``, updated by the validate
+    task of that table only when every partition it covered passed the gate.
+
+Validation windows
+    ``shop_validate`` is scheduled on the raw assets. Each raw asset event carries the
+    ``dates`` the collect task wrote (``extra = {lake, dates, rows}``), and an
+    asset-triggered run receives every event since its previous asset-triggered run, so
+    :func:`dates_from_asset_events` turns them into exactly the partitions collection
+    wrote (per table: a partial backfill of some tables does not make the other tables
+    validate days they never collected). :func:`validation_days` adds the precedence:
+    explicit ``start``/``end`` params, then the triggering events, then (a manual run with
+    neither) yesterday, like a collect run.
 
 Run windows
     A run collects whole UTC days. Explicit ``start``/``end`` params win (manual
@@ -38,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 ASSET_SCHEME = "propensity"
 RAW_ZONE = "raw"
+CLEAN_ZONE = "clean"
 
 #: Task defaults for every task: no retries, a generous but finite run time.
 DEFAULT_EXECUTION_TIMEOUT = timedelta(hours=2)
@@ -66,6 +82,23 @@ def raw_asset(table: str) -> Asset:
     from airflow.sdk import Asset
 
     return Asset(name=raw_asset_name(table), uri=raw_asset_uri(table), group=RAW_ZONE)
+
+
+def clean_asset_name(table: str) -> str:
+    """Airflow Asset name of a validated table, e.g. ``clean.orders``."""
+    return f"{CLEAN_ZONE}.{contract(table).name}"
+
+
+def clean_asset_uri(table: str) -> str:
+    """Stable Asset URI of a validated table, e.g. ``propensity://clean/orders``."""
+    return f"{ASSET_SCHEME}://{CLEAN_ZONE}/{contract(table).name}"
+
+
+def clean_asset(table: str) -> Asset:
+    """The Airflow ``Asset`` a validate task declares as outlet (imports Airflow lazily)."""
+    from airflow.sdk import Asset
+
+    return Asset(name=clean_asset_name(table), uri=clean_asset_uri(table), group=CLEAN_ZONE)
 
 
 # Run windows ----------------------------------------------------------------------------
@@ -124,6 +157,67 @@ def run_days(
     return [_utc(ref).date() - timedelta(days=1)]
 
 
+def _field(obj: Any, name: str) -> Any:
+    """``obj.name`` or ``obj[name]``: Airflow's event objects and plain dicts alike."""
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _iter_events(triggering_asset_events: Any) -> Iterable[Any]:
+    """Events from Airflow's ``triggering_asset_events`` mapping (asset -> events) or a flat iterable."""
+    if not triggering_asset_events:
+        return
+    groups = (
+        triggering_asset_events.values() if isinstance(triggering_asset_events, Mapping) else [triggering_asset_events]
+    )
+    for events in groups:
+        yield from events
+
+
+def dates_from_asset_events(triggering_asset_events: Any, table: str | None = None) -> list[str]:
+    """The ``dates`` (ISO strings, sorted, unique) that the raw asset events of a run report.
+
+    ``triggering_asset_events`` is the task context value of that name (a mapping from
+    asset to its events; an event has ``.asset.uri`` and ``.extra``) or any iterable of
+    events; plain dicts work too. Only raw assets (``propensity://raw/...``) count, and
+    with ``table`` only that table's. Events without ``dates`` in their extra (e.g. one
+    created by hand in the UI) contribute nothing. The same event is listed under its
+    asset and under each alias it came through: the result is deduplicated.
+    """
+    prefix = f"{ASSET_SCHEME}://{RAW_ZONE}/"
+    wanted = raw_asset_uri(table) if table is not None else None
+    found: set[str] = set()
+    for event in _iter_events(triggering_asset_events):
+        uri = str(_field(_field(event, "asset"), "uri") or "")
+        if not uri.startswith(prefix) or (wanted is not None and uri != wanted):
+            continue
+        for value in (_field(event, "extra") or {}).get("dates") or ():
+            found.add(_as_date(value).isoformat())
+    return sorted(found)
+
+
+def validation_days(
+    table: str,
+    *,
+    start: date | str | None = None,
+    end: date | str | None = None,
+    triggering_asset_events: Any = None,
+    run_after: datetime | None = None,
+) -> list[str]:
+    """The days a validate run checks for ``table`` (ISO strings; see "Validation windows" above).
+
+    Explicit ``start``/``end`` win; else the dates the triggering raw events of ``table``
+    report (possibly none: nothing to validate); a run without any triggering event (a
+    manual run) falls back to yesterday relative to ``run_after``.
+    """
+    if start or end:
+        return [d.isoformat() for d in run_days(start=start, end=end)]
+    if triggering_asset_events:
+        return dates_from_asset_events(triggering_asset_events, table)
+    return [d.isoformat() for d in run_days(run_after=run_after)]
+
+
 def selected_tables(tables: Iterable[str] | None = None) -> list[str]:
     """The tables a run collects: all contracts when ``tables`` is empty, else those named (validated)."""
     if not tables:
@@ -177,3 +271,16 @@ def summarize(results: Iterable[Iterable[Mapping[str, Any]] | None]) -> dict[str
             entry["partitions"] += 1
             entry["rows"] += int(m["row_count"])
     return summary
+
+
+def validation_extra(outcomes: Iterable[Any]) -> dict[str, Any]:
+    """Asset event ``extra`` of a validate task from its gate outcomes (``PartitionOutcome``-like).
+
+    ``dates`` lists the partitions published to the clean zone; row counts are summed.
+    """
+    outcomes = list(outcomes)
+    return {
+        "dates": sorted({o.dt for o in outcomes if o.published}),
+        "rows_clean": sum(int(o.rows_clean) for o in outcomes),
+        "rows_quarantined": sum(int(o.rows_quarantined) for o in outcomes),
+    }

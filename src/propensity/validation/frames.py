@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 
 from propensity.validation.checks import Check
@@ -34,9 +35,11 @@ def _runner() -> GXRunner:
 
 
 def check_frame(
-    name: str, data: pd.DataFrame | pa.Table, checks: Sequence[Check], runner: GXRunner | None = None
+    name: str, data: pd.DataFrame | pa.Table | pl.DataFrame, checks: Sequence[Check], runner: GXRunner | None = None
 ) -> SuiteResult:
     """Validate ``data`` against ``checks``; raise :class:`FrameValidationError` naming every failure."""
+    if isinstance(data, pl.DataFrame):
+        data = data.to_arrow()
     df = data.to_pandas() if isinstance(data, pa.Table) else data.reset_index(drop=True)
     result = (runner or _runner()).run(name, df, checks)
     failed = result.failed()

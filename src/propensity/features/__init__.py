@@ -1,0 +1,1 @@
+"""Point-in-time features, profile tags and labels per snapshot."""

@@ -1,0 +1,137 @@
+"""Point-in-time views of the clean zone.
+
+:class:`ShopData` loads each clean table once (Polars, via pyarrow filesystems, so local
+and ``s3://`` lakes read the same way) and :meth:`ShopData.as_of` cuts every table to
+what was knowable strictly before a snapshot time ``T``:
+
+* events, reviews, contacts, FX: by their own timestamp (< T); opens, clicks and
+  deliveries that happen at or after ``T`` are masked as not yet happened;
+* OLTP rows with change history (orders, deliveries, customers): the latest version
+  changed before ``T``. The raw zone is extracted by ``updated_at``, so an order refunded
+  after ``T`` may exist only in its refunded version; it is then seen as it was at
+  creation (``paid``), never with its future status.
+
+Any row whose timestamps are all ``>= T`` therefore cannot influence a snapshot at ``T``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+
+import polars as pl
+
+from propensity.contracts import contract
+from propensity.lake import Lake
+
+CLEAN = "clean"
+TABLE_NAMES = (
+    "customers",
+    "products",
+    "orders",
+    "order_items",
+    "events",
+    "reviews",
+    "deliveries",
+    "campaign_contacts",
+    "fx_rates",
+)
+
+
+def _empty(name: str) -> pl.DataFrame:
+    df = pl.from_arrow(contract(name).empty())
+    assert isinstance(df, pl.DataFrame)
+    return df
+
+
+@dataclass(frozen=True)
+class ShopData:
+    customers: pl.DataFrame
+    products: pl.DataFrame
+    orders: pl.DataFrame
+    order_items: pl.DataFrame
+    events: pl.DataFrame
+    reviews: pl.DataFrame
+    deliveries: pl.DataFrame
+    campaign_contacts: pl.DataFrame
+    fx_rates: pl.DataFrame
+
+    @classmethod
+    def load(cls, lake: Lake, zone: str = CLEAN, columns: dict[str, list[str]] | None = None) -> ShopData:
+        frames = {}
+        for name in TABLE_NAMES:
+            cols = (columns or {}).get(name)
+            t = lake.read_table(zone, name, columns=cols, schema=contract(name).arrow_schema)
+            df = pl.from_arrow(t) if t is not None and t.num_rows else None
+            frames[name] = df if isinstance(df, pl.DataFrame) else _empty(name).select(cols or pl.all())
+        return cls(**frames)
+
+    @classmethod
+    def from_frames(cls, **frames: pl.DataFrame) -> ShopData:
+        return cls(**{f.name: frames.get(f.name, _empty(f.name)) for f in fields(cls)})
+
+    @property
+    def start(self) -> datetime | None:
+        """Earliest order or event time: where the shop's observable history begins."""
+        times = [t for t in (self.orders["order_time"].min(), self.events["event_time"].min()) if t is not None]
+        return min(times) if times else None  # type: ignore[return-value]
+
+    @property
+    def end(self) -> datetime | None:
+        times = [t for t in (self.orders["order_time"].max(), self.events["event_time"].max()) if t is not None]
+        return max(times) if times else None  # type: ignore[return-value]
+
+    def as_of(self, t: datetime) -> ShopData:
+        """Everything knowable strictly before ``t``."""
+        ts = pl.lit(t).dt.cast_time_unit("us")
+
+        def latest_known(df: pl.DataFrame, key: list[str], first_state: dict[str, pl.Expr] | None = None):
+            known = pl.col("updated_at") < ts
+            df = df.with_columns(known.alias("__known")).sort([*key, "__known", "updated_at"])
+            last = df.group_by(key, maintain_order=True).last()
+            if first_state:
+                last = last.with_columns(
+                    [pl.when(pl.col("__known")).then(pl.col(c)).otherwise(e).alias(c) for c, e in first_state.items()]
+                )
+            return last.drop("__known")
+
+        customers = latest_known(self.customers.filter(pl.col("updated_at") < ts), ["customer_id"])
+        customers = customers.filter(pl.col("signup_time") < ts)
+        products = latest_known(self.products, ["product_id"])
+        orders = latest_known(self.orders.filter(pl.col("order_time") < ts), ["order_id"], {"status": pl.lit("paid")})
+        items = self.order_items.filter(pl.col("created_at") < ts).join(
+            orders.select("order_id"), on="order_id", how="semi"
+        )
+        items = latest_known(items, ["order_id", "line_no"])
+        deliveries = latest_known(self.deliveries.filter(pl.col("shipped_time") < ts), ["delivery_id"])
+        deliveries = deliveries.with_columns(
+            pl.when(pl.col("delivered_time") < ts)
+            .then(pl.col("delivered_time"))
+            .otherwise(None)
+            .alias("delivered_time")
+        )
+        contacts = self.campaign_contacts.filter(pl.col("sent_time") < ts).with_columns(
+            [pl.when(pl.col(c) < ts).then(pl.col(c)).otherwise(None).alias(c) for c in ("opened_time", "clicked_time")]
+        )
+        return replace(
+            self,
+            customers=customers,
+            products=products,
+            orders=orders,
+            order_items=items,
+            events=self.events.filter(pl.col("event_time") < ts),
+            reviews=self.reviews.filter((pl.col("review_time") < ts) & (pl.col("updated_at") < ts)),
+            deliveries=deliveries,
+            campaign_contacts=contacts,
+            fx_rates=self.fx_rates.filter(pl.col("date") < pl.lit(t.date())),
+        )
+
+    def between(self, start: datetime, end: datetime) -> ShopData:
+        """Orders and events with times in ``[start, end)`` (what labels look at; any version)."""
+        s, e = pl.lit(start).dt.cast_time_unit("us"), pl.lit(end).dt.cast_time_unit("us")
+        orders = self.orders.sort("updated_at").group_by("order_id", maintain_order=True).last()
+        return replace(
+            self,
+            orders=orders.filter((pl.col("order_time") >= s) & (pl.col("order_time") < e)),
+            events=self.events.filter((pl.col("event_time") >= s) & (pl.col("event_time") < e)),
+        )

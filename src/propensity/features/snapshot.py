@@ -1,0 +1,133 @@
+"""Building and publishing snapshots: features, profile tags and per-task labels at T.
+
+Outputs (each validated through :func:`propensity.validation.frames.check_frame`, then
+published atomically, manifest last):
+
+* ``features/snapshot=T/``
+* ``profiles/snapshot=T/``
+* ``labels/task=<task>/snapshot=T/`` - the task's population with its label, or a null
+  label while ``[T, T+H)`` is not fully observed yet (scoring uses those rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
+
+import polars as pl
+
+from propensity.config import Settings
+from propensity.features.build import compute_features
+from propensity.features.catalogue import feature_checks
+from propensity.features.inputs import ShopData
+from propensity.features.labels import labels, population
+from propensity.features.profiles import build_profiles
+from propensity.lake import Lake
+from propensity.validation import checks as ck
+from propensity.validation.frames import check_frame
+
+log = logging.getLogger(__name__)
+
+PROFILE_CHECKS = [
+    ck.not_null("customer_id"),
+    ck.unique(["customer_id"]),
+    ck.in_set("lifecycle_stage", ["new", "active", "at-risk", "lapsed", "churned"]),
+    ck.in_set("value_tier", ["high", "medium", "low", "none"]),
+]
+LABEL_CHECKS = [ck.not_null("customer_id"), ck.unique(["customer_id"]), ck.in_set("label", [0, 1])]
+
+
+def at_midnight(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+@dataclass
+class Snapshot:
+    snapshot: date
+    features: pl.DataFrame
+    profiles: pl.DataFrame
+    labels: dict[str, pl.DataFrame] = field(default_factory=dict)
+    complete: dict[str, bool] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        parts = [f"snapshot {self.snapshot}: {self.features.height:,} customers x {self.features.width - 1} features"]
+        for task, lab in self.labels.items():
+            if self.complete[task]:
+                rate = lab["label"].mean() if lab.height else float("nan")
+                parts.append(f"{task}: {lab.height:,} eligible, positive rate {rate:.3f}")
+            else:
+                parts.append(f"{task}: {lab.height:,} eligible, label window not complete")
+        return "; ".join(parts) + f" ({self.seconds:.1f} s)"
+
+
+@dataclass
+class SnapshotBuilder:
+    """Loads the clean zone once and builds any number of snapshots from it."""
+
+    settings: Settings
+    data_: ShopData | None = None
+
+    @cached_property
+    def lake(self) -> Lake:
+        return Lake.open(self.settings.lake_uri, self.settings.s3_endpoint_url)
+
+    @property
+    def data(self) -> ShopData:
+        if self.data_ is None:
+            self.data_ = ShopData.load(self.lake)
+        return self.data_
+
+    @property
+    def observed_until(self) -> date | None:
+        """The last day with data: labels are complete only up to the end of it."""
+        end = self.data.end
+        return end.date() if end is not None else None
+
+    def build(self, snapshot: date, tasks: list[str] | None = None) -> Snapshot:
+        t0 = time.perf_counter()
+        s = self.settings
+        t = at_midnight(snapshot)
+        past = self.data.as_of(t)
+        feats = compute_features(past, t, s.base_currency)
+        profiles = build_profiles(feats, past, t, s.base_currency)
+        snap = Snapshot(snapshot, feats, profiles)
+        last = self.observed_until
+        for name in tasks or list(s.tasks):
+            task = s.tasks[name]
+            pop = population(past, t, task)
+            horizon_end = t + timedelta(days=task.horizon_days)
+            complete = last is not None and horizon_end <= at_midnight(last) + timedelta(days=1)
+            if complete:
+                lab = labels(pop, self.data.between(t, horizon_end), task)
+            else:
+                lab = pop.with_columns(pl.lit(None, pl.Int8).alias("label"))
+            snap.labels[name] = lab.with_columns(pl.lit(task.horizon_days).alias("horizon_days"))
+            snap.complete[name] = complete
+        snap.seconds = time.perf_counter() - t0
+        return snap
+
+    def publish(self, snap: Snapshot) -> None:
+        """Validate every output, then write them; a failing check publishes nothing."""
+        day = snap.snapshot.isoformat()
+        check_frame(f"features.{day}", snap.features, feature_checks())
+        check_frame(f"profiles.{day}", snap.profiles, PROFILE_CHECKS)
+        for task, lab in snap.labels.items():
+            if snap.complete[task] and lab.height:
+                check_frame(f"labels.{task}.{day}", lab, LABEL_CHECKS)
+        meta = {"snapshot": day, "seconds": round(snap.seconds, 3)}
+        self.lake.write_partition("features", "", {"snapshot": day}, snap.features.to_arrow(), meta)
+        self.lake.write_partition("profiles", "", {"snapshot": day}, snap.profiles.to_arrow(), meta)
+        for task, lab in snap.labels.items():
+            self.lake.write_partition(
+                "labels", "", {"task": task, "snapshot": day}, lab.to_arrow(), {**meta, "complete": snap.complete[task]}
+            )
+
+    def build_and_publish(self, snapshot: date, tasks: list[str] | None = None) -> Snapshot:
+        snap = self.build(snapshot, tasks)
+        self.publish(snap)
+        log.info("%s", snap.summary())
+        return snap
