@@ -15,7 +15,7 @@ DEMO_START ?= 2025-01-01
 DEMO_END ?= $(shell $(PYTHON) -c "import datetime as d; print(d.date.fromisoformat('$(DEMO_START)') + d.timedelta(days=$(DEMO_DAYS) - 1))")
 PYTEST_ARGS ?=
 
-.PHONY: venv services test lint demo clean help
+.PHONY: venv services test lint demo clean help catalogue
 
 help:
 	@echo "make demo   - set up and run the main job end to end on embedded defaults"
@@ -45,3 +45,6 @@ demo: venv
 
 clean:
 	rm -rf var
+
+catalogue: venv
+	$(BIN)/python -c "import re, pathlib; from propensity.features.catalogue import markdown_table as t; p = pathlib.Path('README.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- catalogue:start -->\n).*?(\n<!-- catalogue:end -->)', lambda m: m.group(1) + t() + m.group(2), s, flags=re.S))"

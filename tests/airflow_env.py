@@ -125,7 +125,9 @@ class AirflowEnv:
     ) -> list[dict[str, Any]]:
         """``dag.test()`` each of ``runs`` in turn, in ONE child process; one result per run.
 
-        A run is ``{"logical_date": "2025-03-02T00:00:00+00:00", "conf": {...}}``. A result
+        A run is ``{"logical_date": "2025-03-02T00:00:00+00:00", "conf": {...}}``, optionally
+        with ``"env": {...}``: variables set in the child's environment for that run only (tasks
+        run in-process and read e.g. ``PROPENSITY_HOME`` when they start). A result
         holds the run state, data interval, task states, the asset events the run emitted,
         its wall time and its own part of the log (``"log"``). Batching runs matters: every
         child pays ~3 s for ``import airflow`` and the first task of a child ~5 s to build the
@@ -188,6 +190,28 @@ def _init_db() -> dict[str, Any]:
     }
 
 
+def _asset_condition(timetable: Any) -> dict[str, Any] | None:
+    """``{"type": "AssetAll", "uris": [...]}`` for an asset-triggered schedule, else ``None``.
+
+    ``schedule=[a, b]`` becomes ``AssetAll(a, b)``; nested conditions are flattened (type
+    of the outermost condition, every asset URI below it).
+    """
+    condition = getattr(timetable, "asset_condition", None)
+    if condition is None:
+        return None
+    uris: list[str] = []
+
+    def walk(node: Any) -> None:
+        if hasattr(node, "objects"):
+            for child in node.objects:
+                walk(child)
+        else:
+            uris.append(getattr(node, "uri", None) or str(node))
+
+    walk(condition)
+    return {"type": type(condition).__name__, "uris": uris}
+
+
 def _import_dags() -> dict[str, Any]:
     from airflow.dag_processing.dagbag import DagBag
 
@@ -200,6 +224,8 @@ def _import_dags() -> dict[str, Any]:
             "timezone": str(getattr(dag.timetable, "timezone", "")),
             "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs,
+            "max_active_tasks": dag.max_active_tasks,
+            "assets": _asset_condition(dag.timetable),
             "tags": sorted(dag.tags),
             "params": {k: dict(p.schema, description=p.description) for k, p in dag.params.items()},
             "doc_md": dag.doc_md,
@@ -234,8 +260,17 @@ def _dag_test(dag_id: str, runs: str, retries: str) -> dict[str, Any]:
     results = []
     for spec in json.loads(runs):
         print(RUN_MARK, flush=True)
+        saved = {k: os.environ.get(k) for k in spec.get("env") or {}}
+        os.environ.update(spec.get("env") or {})
         t0 = time.perf_counter()
-        dr = dag.test(logical_date=timezone.parse(spec["logical_date"]), run_conf=spec.get("conf") or None)
+        try:
+            dr = dag.test(logical_date=timezone.parse(spec["logical_date"]), run_conf=spec.get("conf") or None)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         seconds = round(time.perf_counter() - t0, 2)
         with create_session() as session:
             tis = {ti.task_id: value(ti.state) for ti in dr.get_task_instances(session=session)}

@@ -1,4 +1,5 @@
-"""The DAGs in ``dags/``: they import cleanly under Airflow, and ``shop_collect`` really runs.
+"""The DAGs in ``dags/``: they import cleanly under Airflow, and ``shop_collect`` and
+``shop_validate`` really run.
 
 Airflow work happens in child processes with a throwaway ``AIRFLOW_HOME`` (see
 ``airflow_env.py``); seeding the sources and checking the lake happen here, with the
@@ -8,17 +9,23 @@ library only.
 from __future__ import annotations
 
 import os
-from datetime import UTC, date, datetime
+import shutil
+from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
 import pytest
 from airflow_env import DAGS_FOLDER, AirflowEnv, airflow_env  # noqa: F401  (fixture)
 
-from propensity.config import Settings, load_settings
+from propensity.collect import collect
+from propensity.config import DirtConfig, Settings, load_settings
 from propensity.contracts import CUSTOMERS, EVENTS, FX_RATES, ORDERS, TABLES
 from propensity.lake import Lake
 from propensity.orchestration import (
+    clean_asset_name,
+    clean_asset_uri,
+    dates_from_asset_events,
     interval_days,
     io_task_args,
     raw_asset_name,
@@ -26,7 +33,10 @@ from propensity.orchestration import (
     run_days,
     selected_tables,
     summarize,
+    validation_days,
+    validation_extra,
 )
+from propensity.simulate import simulate
 from propensity.sources.landing import write_events, write_fx
 from propensity.sources.oltp import ShopDB
 from propensity.storage import open_store
@@ -47,6 +57,58 @@ def test_asset_names_are_stable_and_validated() -> None:
     assert raw_asset_name("orders") == "raw.orders"
     with pytest.raises(KeyError, match="unknown table"):
         raw_asset_uri("nope")
+
+
+def test_clean_asset_names() -> None:
+    assert clean_asset_uri("orders") == "propensity://clean/orders"
+    assert clean_asset_name("orders") == "clean.orders"
+    with pytest.raises(KeyError, match="unknown table"):
+        clean_asset_name("nope")
+
+
+def _raw_event(table: str, dates: list[str] | None, **extra: Any) -> SimpleNamespace:
+    """Shaped like Airflow's ``AssetEventDagRunReferenceResult`` (``.asset.uri``, ``.extra``)."""
+    extra = {**extra, "dates": dates} if dates is not None else extra
+    return SimpleNamespace(asset=SimpleNamespace(name=raw_asset_name(table), uri=raw_asset_uri(table)), extra=extra)
+
+
+def test_dates_from_asset_events() -> None:
+    # the context's triggering_asset_events: asset -> its events since the previous run
+    events = {
+        "raw.orders": [_raw_event("orders", ["2025-03-02"]), _raw_event("orders", ["2025-03-01", "2025-03-02"])],
+        "raw.events": [_raw_event("events", ["2025-03-03"], rows=5)],
+        "raw.customers": [_raw_event("customers", None)],  # made by hand in the UI: no dates
+        "other": [
+            SimpleNamespace(asset=SimpleNamespace(uri="propensity://clean/orders"), extra={"dates": ["2025-01-01"]})
+        ],
+    }
+    assert dates_from_asset_events(events) == ["2025-03-01", "2025-03-02", "2025-03-03"]
+    assert dates_from_asset_events(events, "orders") == ["2025-03-01", "2025-03-02"]
+    assert dates_from_asset_events(events, "customers") == []
+    # a flat iterable of events, or plain dicts, work too; nothing in, nothing out
+    flat = [{"asset": {"uri": raw_asset_uri("fx_rates")}, "extra": {"dates": ["2025-03-04"]}}]
+    assert dates_from_asset_events(flat) == ["2025-03-04"]
+    assert dates_from_asset_events(None) == dates_from_asset_events({}) == []
+
+
+def test_validation_days_precedence() -> None:
+    events = {"raw.orders": [_raw_event("orders", ["2025-03-02", "2025-03-01"])]}
+    assert validation_days("orders", triggering_asset_events=events) == ["2025-03-01", "2025-03-02"]
+    assert validation_days("events", triggering_asset_events=events) == []  # triggered, but not by events
+    assert validation_days("orders", start="2025-02-27", end="2025-02-28", triggering_asset_events=events) == [
+        "2025-02-27",
+        "2025-02-28",
+    ]
+    # manual run: no params, no events -> yesterday
+    assert validation_days("orders", triggering_asset_events={}, run_after=ts(NEXT, 9)) == [DAY.isoformat()]
+
+
+def test_validation_extra() -> None:
+    def outcome(dt: str, clean: int, bad: int, published: bool = True) -> SimpleNamespace:
+        return SimpleNamespace(dt=dt, rows_clean=clean, rows_quarantined=bad, published=published)
+
+    outcomes = [outcome("2025-03-02", 5, 1), outcome("2025-03-01", 3, 0), outcome("2025-03-03", 0, 0, False)]
+    assert validation_extra(outcomes) == {"dates": ["2025-03-01", "2025-03-02"], "rows_clean": 8, "rows_quarantined": 1}
 
 
 def test_interval_days() -> None:
@@ -110,6 +172,30 @@ def test_dags_import_without_errors(airflow_env: AirflowEnv) -> None:  # noqa: F
         assert task["retries"] == 3 and task["retry_exponential_backoff"] == 2.0
         assert task["execution_timeout"]
     assert tasks["summary"]["trigger_rule"] == "none_failed"
+
+
+@pytest.mark.slow
+def test_shop_validate_dag_is_asset_scheduled(airflow_env: AirflowEnv) -> None:  # noqa: F811
+    report = airflow_env.import_dags()
+    assert report["import_errors"] == {}
+    dag = report["dags"]["shop_validate"]
+    # schedule=[...]: an AssetAll over every raw table, so one run per collection
+    assert dag["timetable"] == "AssetTriggeredTimetable"
+    assert dag["assets"] == {"type": "AssetAll", "uris": [raw_asset_uri(t) for t in TABLES]}
+    assert dag["catchup"] is False
+    assert dag["max_active_runs"] == 1
+    assert {"propensity", "validate"} <= set(dag["tags"])
+    assert dag["doc_md"] and "shop_validate" in dag["doc_md"] and "AssetAny" in dag["doc_md"]
+    assert set(dag["params"]) == {"tables", "start", "end"}
+    assert all(p["description"] for p in dag["params"].values())
+    assert dag["params"]["start"]["format"] == dag["params"]["end"]["format"] == "date"
+
+    tasks = dag["tasks"]
+    assert set(tasks) == {f"validate_{t}" for t in TABLES}
+    for table in TABLES:
+        task = tasks[f"validate_{table}"]
+        assert task["outlets"] == [clean_asset_uri(table)]
+        assert task["retries"] == 3 and task["retry_exponential_backoff"] == 2.0
 
 
 # A real run -------------------------------------------------------------------------------
@@ -296,3 +382,116 @@ def test_shop_collect_params_backfill(collect_runs: tuple[Settings, dict[str, An
     summary = [ln for ln in run["log"].splitlines() if "partition(s)" in ln]
     assert [ln.split()[3:5] for ln in summary] == [["orders", "2"], ["events", "2"]], summary
     assert "XCom not found" not in run["log"]  # the summary only pulls the tables that ran
+
+
+# shop_validate ----------------------------------------------------------------------------
+
+VSTART, VDAYS = date(2025, 3, 1), 4
+VDATES = [(VSTART + timedelta(days=i)).isoformat() for i in range(VDAYS)]
+BAD_DATE = VDATES[2]
+DROPPED = "device"
+VALIDATE_CONF = {"start": VDATES[0], "end": VDATES[-1]}
+
+
+@pytest.fixture(scope="module")
+def validate_runs(
+    airflow_env: AirflowEnv,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Settings, Settings, dict[str, Any], dict[str, Any]]:
+    """A tiny clean shop collected into raw, and a copy whose ``raw/events`` lost a column on
+    ``BAD_DATE``; ``shop_validate`` runs (params start/end) on each, in one Airflow child:
+    the runs differ only in their ``PROPENSITY_HOME``."""
+    good_home, bad_home = tmp_path_factory.mktemp("validate_good"), tmp_path_factory.mktemp("validate_bad")
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("PROPENSITY_")]:
+            mp.delenv(key)
+        good = load_settings(home=good_home)
+        bad = load_settings(home=bad_home)
+    simulate(good, customers=300, days=VDAYS, start=VSTART, seed=1, dirt_cfg=DirtConfig(rate=0))
+    collect(good, VSTART, date.fromisoformat(VDATES[-1]))
+    shutil.copytree(good.home_dir / "lake", bad.home_dir / "lake")
+    lake = Lake.open(bad.lake_uri)
+    raw = lake.read_partition("raw", "events", {"dt": BAD_DATE})
+    lake.write_partition("raw", "events", {"dt": BAD_DATE}, raw.drop_columns([DROPPED]))
+
+    # The first run keeps the production default (GX file project and Data Docs under
+    # <home>/gx); the second skips Data Docs, which halves its time (~14 s -> ~6 s).
+    ok_run, bad_run = airflow_env.dag_test(
+        "shop_validate",
+        [
+            {
+                "logical_date": "2025-03-05T06:00:00+00:00",
+                "conf": VALIDATE_CONF,
+                "env": {"PROPENSITY_HOME": str(good_home)},
+            },
+            {
+                "logical_date": "2025-03-05T07:00:00+00:00",
+                "conf": VALIDATE_CONF,
+                "env": {"PROPENSITY_HOME": str(bad_home), "PROPENSITY_VALIDATION__DOCS": "false"},
+            },
+        ],
+        # A retry would be visible (and slow: dag.test waits for its delay): a critical failure must not retry.
+        retries=1,
+    )
+    return good, bad, ok_run, bad_run
+
+
+@pytest.mark.slow
+def test_shop_validate_publishes_clean_partitions(validate_runs) -> None:
+    good, _, run, _ = validate_runs
+    assert run["state"] == "success", run["log"][-5000:]
+    assert run["tasks"] == {f"validate_{t}": "success" for t in TABLES}
+
+    lake = Lake.open(good.lake_uri)
+    raw_rows = {t: 0 for t in TABLES}
+    for table in TABLES:
+        for dt in VDATES:
+            raw = lake.read_partition("raw", table, {"dt": dt})
+            clean = lake.read_partition("clean", table, {"dt": dt})
+            assert clean is not None, f"clean/{table}/dt={dt} missing"
+            assert clean.num_rows == raw.num_rows, (table, dt)  # dirt off: everything passes
+            raw_rows[table] += raw.num_rows
+
+    events = {e["uri"]: e["extra"] for e in run["asset_events"]}
+    assert set(events) == {clean_asset_uri(t) for t in TABLES}
+    for table in TABLES:
+        extra = events[clean_asset_uri(table)]
+        assert extra["dates"] == VDATES
+        assert (extra["rows_clean"], extra["rows_quarantined"]) == (raw_rows[table], 0)
+        assert extra["lake"] == good.lake_uri
+    summaries = [ln for ln in run["log"].splitlines() if "critical [published]" in ln]
+    assert len(summaries) == len(TABLES) * VDAYS, "one summary line per partition"
+    assert f"validated events: {VDAYS} partition(s), {VDAYS} published, {raw_rows['events']} rows clean" in run["log"]
+    assert "great_expectations._docs_decorators" not in run["log"]
+    first = lake.read_partition("raw", "events", {"dt": VDATES[0]}).num_rows
+    assert f"events dt={VDATES[0]}: {first:,} in, {first:,} clean, 0 quarantined (none), 0 critical" in run["log"]
+
+
+def raw_rows(settings: Settings, dt: str, table: str = "events") -> int:
+    return Lake.open(settings.lake_uri).read_partition("raw", table, {"dt": dt}).num_rows
+
+
+@pytest.mark.slow
+def test_shop_validate_fails_loudly_on_critical_failure(validate_runs) -> None:
+    _, bad, _, run = validate_runs
+    assert run["state"] == "failed", run["log"][-5000:]
+    states = dict(run["tasks"])
+    assert states.pop("validate_events") == "failed"  # not up_for_retry: failed for good at once
+    assert set(states.values()) == {"success"}, states  # the other tables are independent
+
+    log = run["log"]
+    assert f"events dt={BAD_DATE}: schema: missing column(s): {DROPPED}" in log  # the ValidationFailed message
+    assert f"events dt={BAD_DATE}: 0 clean, 0 quarantined (none), 1 critical [NOT PUBLISHED]" in log.replace(
+        f"events dt={BAD_DATE}: {raw_rows(bad, BAD_DATE):,} in, ", f"events dt={BAD_DATE}: "
+    )
+    assert f"validated events: {VDAYS} partition(s), {VDAYS - 1} published" in log
+    assert "AirflowFailException" in log
+    assert log.count("validating events:") == 1, "a critical failure was retried"
+
+    # nothing downstream triggers from events; the other tables published theirs
+    uris = {e["uri"] for e in run["asset_events"]}
+    assert uris == {clean_asset_uri(t) for t in TABLES if t != "events"}
+    lake = Lake.open(bad.lake_uri)
+    assert lake.read_partition("clean", "events", {"dt": BAD_DATE}) is None
+    # the events partitions that passed are still published
+    assert all(lake.read_partition("clean", "events", {"dt": dt}) is not None for dt in VDATES if dt != BAD_DATE)

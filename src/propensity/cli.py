@@ -16,7 +16,7 @@ from pathlib import Path
 
 from propensity.config import Settings, load_settings
 
-STAGES = ("collect", "validate")
+STAGES = ("collect", "validate", "features")
 
 
 def _date(text: str) -> date:
@@ -128,6 +128,34 @@ def print_outcomes(outcomes: list, per_day: bool) -> None:
         )
 
 
+def cmd_features(s: Settings, a: argparse.Namespace) -> int:
+    """Build and publish one snapshot: features, profiles, labels per task."""
+    from propensity.features.snapshot import SnapshotBuilder
+
+    snap = SnapshotBuilder(s).build_and_publish(a.snapshot, a.tasks)
+    print(snap.summary())
+    print(f"-> {s.lake_uri}/features/snapshot={a.snapshot}, profiles/, labels/task=*/")
+    return 0
+
+
+def build_planned_snapshots(s: Settings, tasks: list[str] | None, as_of: date | None):
+    """Every snapshot the tasks' out-of-time plans need, built once and published."""
+    from propensity.features.snapshot import SnapshotBuilder
+    from propensity.features.training import plan_snapshots
+
+    builder = SnapshotBuilder(s)
+    first, last = builder.data.start, builder.observed_until
+    if first is None or last is None:
+        raise ValueError("the clean zone has no orders or events: run collect and validate first")
+    plans = {n: plan_snapshots(n, s.tasks[n], first.date(), last, s.features, as_of) for n in tasks or list(s.tasks)}
+    dates = sorted({d for p in plans.values() for d in p.all()})
+    snaps = {}
+    for d in dates:
+        snaps[d] = builder.build_and_publish(d, list(plans))
+        print(snaps[d].summary())
+    return builder, plans, snaps
+
+
 def cmd_run(s: Settings, a: argparse.Namespace) -> int:
     """Run the chain stage by stage up to ``--through`` over the sources that are present."""
     stages = STAGES[: STAGES.index(a.through) + 1]
@@ -137,6 +165,8 @@ def cmd_run(s: Settings, a: argparse.Namespace) -> int:
         rc = cmd_validate(s, argparse.Namespace(date=a.start, end=a.end, tables=None))
         if rc:
             return rc
+    if "features" in stages:
+        build_planned_snapshots(s, a.tasks, a.as_of)
     return 0
 
 
@@ -145,6 +175,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "import": cmd_import,
     "collect": cmd_collect,
     "validate": cmd_validate,
+    "features": cmd_features,
     "run": cmd_run,
 }
 
@@ -183,10 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--end", type=_date, help="inclusive; validate a range --date..--end")
     val.add_argument("--tables", nargs="+")
 
+    fea = sub.add_parser("features", parents=[common], help="build one snapshot: features, profiles, labels")
+    fea.add_argument("--snapshot", type=_date, required=True)
+    fea.add_argument("--tasks", nargs="+")
+
     run = sub.add_parser("run", parents=[common], help="run the chain up to a stage in one process")
     run.add_argument("--start", type=_date, required=True)
     run.add_argument("--end", type=_date, required=True)
     run.add_argument("--through", choices=STAGES, default=STAGES[-1])
+    run.add_argument("--as-of", type=_date, help="test snapshot (default: the latest fully labelled)")
+    run.add_argument("--tasks", nargs="+")
     return p
 
 

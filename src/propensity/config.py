@@ -60,11 +60,17 @@ class VolumeConfig(BaseModel):
     """Row-count band around the trailing median of a table's recent partitions.
 
     The band is ``[m * min_ratio - z * sqrt(m), max(m * max_ratio, 2 * top) + z * sqrt(top) + 10]``
-    for the median ``m`` and maximum ``top`` (robust to an initial full load, an outage, a ramp-up):
+    for the median ``m`` and maximum ``top`` (robust to an initial full load, an outage, a ramp-up).
+    A zero median (a closed shop, a feed that never had rows) gives no band: nothing to compare to.
     proportional for busy tables (a 90% drop in clickstream is caught), Poisson-tolerant
     for quiet ones (a closed Saturday in a small shop is not an alarm).
     """
 
+    tables: list[str] = Field(
+        default_factory=lambda: ["events", "orders", "reviews", "deliveries", "campaign_contacts", "fx_rates"],
+        description="tables whose daily volume is checked: order lines follow their orders, and dimension "
+        "tables (customers, products) change in bursts",
+    )
     history: int = Field(7, ge=1, description="trailing partitions that form the baseline")
     min_history: int = Field(3, ge=1, description="no volume check until this many exist")
     min_ratio: float = 0.2

@@ -339,4 +339,6 @@ def compute_features(d: ShopData, t: datetime, base_currency: str) -> pl.DataFra
         and not c.endswith("trend_7_30")
     ]
     out = out.with_columns([pl.col(c).fill_null(0) for c in zero_fill])
+    # parallel float sums are not bit-reproducible; 9 decimals makes snapshots byte-stable
+    out = out.with_columns([pl.col(c).round(9) for c, dt in out.schema.items() if dt == pl.Float64])
     return out.sort(KEY)

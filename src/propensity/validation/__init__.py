@@ -6,6 +6,12 @@
 * :mod:`.frames` - one-call validation of derived tables (features, scores).
 """
 
-from propensity.validation.gate import Gate, PartitionOutcome, ValidationFailed, validate
+import logging
+
+# great-expectations logs hundreds of INFO lines on import; keep task logs readable
+for _name in ("great_expectations", "great_expectations._docs_decorators", "great_expectations.data_context"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+from propensity.validation.gate import Gate, PartitionOutcome, ValidationFailed, validate  # noqa: E402
 
 __all__ = ["Gate", "PartitionOutcome", "ValidationFailed", "validate"]

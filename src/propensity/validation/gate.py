@@ -217,12 +217,14 @@ def schema_drift(tc: TableContract, schema: pa.Schema) -> tuple[list[str], list[
     return missing, extra, retyped
 
 
-def volume_band(history: Sequence[int], settings: Settings) -> tuple[float | None, float | None]:
+def volume_band(table: str, history: Sequence[int], settings: Settings) -> tuple[float | None, float | None]:
     v = settings.validation.volume
     recent = list(history)[-v.history :]
-    if len(recent) < v.min_history:
+    if table not in v.tables or len(recent) < v.min_history:
         return None, None
     mid = float(np.median(recent))  # robust to a one-off initial load or a single outage
+    if mid == 0:
+        return None, None
     lo = max(0.0, mid * v.min_ratio - v.z * math.sqrt(mid))
     top = float(max(recent))  # a ramp-up (0, 0, 3, 11...) is growth, not an explosion
     hi = max(mid * v.max_ratio, top * 2.0) + v.z * math.sqrt(top) + 10
@@ -278,7 +280,7 @@ class Gate:
                 wm = pc.max(raw.column(tc.watermark)).as_py()
                 if isinstance(wm, datetime):
                     lag = (end - wm).total_seconds() / 3600.0
-            lo, hi = volume_band([counts[d] for d in sorted(counts) if d < dt], self.settings)
+            lo, hi = volume_band(table, [counts[d] for d in sorted(counts) if d < dt], self.settings)
             profile.append(
                 {
                     "dt": dt,

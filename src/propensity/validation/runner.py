@@ -9,9 +9,11 @@ bars and chatty loggers are silenced so that task logs stay readable.
 from __future__ import annotations
 
 import copy
+import fcntl
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,17 +49,33 @@ class SuiteResult:
         return [r for r in self.results if not r.success]
 
 
+@contextmanager
+def _project_lock(root: Path | None) -> Iterator[None]:
+    """Serialise access to a file-backed GX project: parallel tasks would corrupt its YAML and stores."""
+    if root is None:
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".propensity.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class GXRunner:
     def __init__(self, root: Path | None = None) -> None:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self.gx = gx
-        if root is not None:
-            root.mkdir(parents=True, exist_ok=True)
-            self.context = gx.get_context(mode="file", project_root_dir=str(root))
-        else:
-            self.context = gx.get_context(mode="ephemeral")
+        self.root = root
+        with _project_lock(root):
+            if root is not None:
+                self.context = gx.get_context(mode="file", project_root_dir=str(root))
+            else:
+                self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         self.with_docs = root is not None
         self.datasource = self.context.data_sources.add_or_update_pandas("propensity")
@@ -74,6 +92,10 @@ class GXRunner:
 
     def run(self, name: str, df: pd.DataFrame, checks: Sequence[Check]) -> SuiteResult:
         """Validate ``df`` (RangeIndex) against ``checks`` through a Checkpoint."""
+        with _project_lock(self.root):
+            return self._run(name, df, checks)
+
+    def _run(self, name: str, df: pd.DataFrame, checks: Sequence[Check]) -> SuiteResult:
         gx = self.gx
         from great_expectations.checkpoint import UpdateDataDocsAction
 

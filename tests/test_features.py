@@ -1,0 +1,200 @@
+"""Features, profiles and labels: point-in-time correctness, the catalogue, and real order-only data."""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from conftest import SMALL_SHOP
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from propensity.collect import collect
+from propensity.config import Settings, default_tasks
+from propensity.contracts import contract
+from propensity.features.build import compute_features
+from propensity.features.catalogue import feature_names, markdown_table
+from propensity.features.inputs import TABLE_NAMES, ShopData
+from propensity.features.labels import labels, population
+from propensity.features.profiles import build_profiles
+from propensity.features.snapshot import SnapshotBuilder, at_midnight
+from propensity.features.training import plan_snapshots, stack
+from propensity.lake import Lake
+from propensity.validation import Gate
+
+T = at_midnight(SMALL_SHOP["start"] + timedelta(days=100))
+BASE = "EUR"
+
+
+@pytest.fixture(scope="module")
+def shop_data(clean_shop) -> ShopData:
+    """The clean simulated shop's raw zone, collected once."""
+    end = SMALL_SHOP["start"] + timedelta(days=SMALL_SHOP["days"] - 1)
+    lake = Lake.open(clean_shop.lake_uri)
+    if not lake.partitions("raw", "orders"):
+        collect(clean_shop, SMALL_SHOP["start"], end)
+    return ShopData.load(lake, zone="raw")
+
+
+def _bytes(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(df.to_arrow(), buf)
+    return buf.getvalue()
+
+
+def _snapshot_bytes(data: ShopData, t: datetime) -> tuple[bytes, bytes]:
+    past = data.as_of(t)
+    feats = compute_features(past, t, BASE)
+    return _bytes(feats), _bytes(build_profiles(feats, past, t, BASE))
+
+
+TIME_COLUMNS = {name: [c.name for c in contract(name).columns if c.dtype == "timestamp"] for name in TABLE_NAMES}
+
+
+def _append_future(data: ShopData, table: str, n: int, offset_hours: int, new_keys: bool, seed: int) -> ShopData:
+    """Copy ``n`` rows of ``table``, move every timestamp to >= T, optionally keep their keys (new versions)."""
+    df: pl.DataFrame = getattr(data, table)
+    if df.height == 0:
+        return data
+    rows = df.sample(n=min(n, df.height), with_replacement=True, seed=seed)
+    shift_to = pl.lit(T + timedelta(hours=offset_hours)).dt.cast_time_unit("us")
+    exprs = [shift_to.alias(c) for c in TIME_COLUMNS[table] if c in rows.columns]
+    if table == "fx_rates":
+        exprs.append(pl.lit((T + timedelta(hours=offset_hours)).date()).alias("date"))
+    rows = rows.with_columns(exprs)
+    if new_keys:
+        key = contract(table).primary_key[0]
+        if rows.schema[key] == pl.String:
+            rows = rows.with_columns((pl.lit("NEW-") + pl.col(key)).alias(key))
+    return data.__class__(**{**data.__dict__, table: pl.concat([df, rows.select(df.columns)])})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    table=st.sampled_from(list(TABLE_NAMES)),
+    n=st.integers(1, 200),
+    offset_hours=st.integers(0, 24 * 400),
+    new_keys=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_rows_at_or_after_t_never_change_features_or_profiles(shop_data, table, n, offset_hours, new_keys, seed):
+    before = _snapshot_bytes(shop_data, T)
+    after = _snapshot_bytes(_append_future(shop_data, table, n, offset_hours, new_keys, seed), T)
+    assert before == after, f"rows appended to {table} at/after T changed the snapshot"
+
+
+@pytest.mark.parametrize("task_name", list(default_tasks()))
+def test_labels_change_only_through_rows_inside_the_horizon(shop_data, task_name):
+    task = default_tasks()[task_name]
+    h = timedelta(days=task.horizon_days)
+    past = shop_data.as_of(T)
+    pop = population(past, T, task)
+    base = labels(pop, shop_data.between(T, T + h), task)
+    # rows after the horizon: labels identical
+    late = _append_future(shop_data, "orders", 300, int(h.total_seconds() // 3600) + 1, True, 1)
+    late = _append_future(late, "events", 300, int(h.total_seconds() // 3600) + 1, True, 2)
+    assert labels(population(late.as_of(T), T, task), late.between(T, T + h), task).equals(base)
+    # a purchase inside the horizon by a population member flips a 0 label to the purchase outcome
+    zero = base.filter(pl.col("label") == 0)
+    if task.label == "purchase" and zero.height:
+        cid = zero["customer_id"][0]
+        order = shop_data.orders.head(1).with_columns(
+            pl.lit(cid).alias("customer_id"),
+            pl.lit("IN-HORIZON").alias("order_id"),
+            pl.lit("paid").alias("status"),
+            *[pl.lit(T + timedelta(hours=1)).dt.cast_time_unit("us").alias(c) for c in TIME_COLUMNS["orders"]],
+        )
+        inside = shop_data.__class__(**{**shop_data.__dict__, "orders": pl.concat([shop_data.orders, order])})
+        new = labels(pop, inside.between(T, T + h), task)
+        assert new.filter(pl.col("customer_id") == cid)["label"][0] == 1
+        assert new.filter(pl.col("customer_id") != cid).equals(base.filter(pl.col("customer_id") != cid))
+
+
+def test_populations_follow_their_definitions(shop_data):
+    past = shop_data.as_of(T)
+    tasks = default_tasks()
+    since = lambda d: pl.lit(T - timedelta(days=d)).dt.cast_time_unit("us")  # noqa: E731
+    bought = past.orders.filter(pl.col("status") != "cancelled")
+    conv = set(population(past, T, tasks["conversion"])["customer_id"])
+    recent_buyers = set(bought.filter(pl.col("order_time") >= since(90))["customer_id"])
+    sessions = set(past.events.filter(pl.col("event_time") >= since(30))["customer_id"].drop_nulls())
+    assert conv and conv <= sessions and not conv & recent_buyers
+    rep = set(population(past, T, tasks["repurchase"])["customer_id"])
+    assert rep == set(bought.filter(pl.col("order_time") >= since(365))["customer_id"])
+    churn = set(population(past, T, tasks["churn"])["customer_id"])
+    active = set(past.events.filter(pl.col("event_time") >= since(90))["customer_id"].drop_nulls()) | set(
+        bought.filter(pl.col("order_time") >= since(90))["customer_id"]
+    )
+    assert churn == active & set(past.customers["customer_id"])
+
+
+def test_catalogue_matches_produced_columns(shop_data):
+    feats = compute_features(shop_data.as_of(T), T, BASE)
+    produced = [c for c in feats.columns if c != "customer_id"]
+    assert len(produced) >= 60
+    assert set(produced) == set(feature_names()), (
+        f"missing from catalogue: {sorted(set(produced) - set(feature_names()))}; "
+        f"catalogued but not produced: {sorted(set(feature_names()) - set(produced))}"
+    )
+    assert "gender" not in produced and "age_band" not in produced  # kept for fairness reports only
+
+
+def test_readme_renders_the_catalogue():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- catalogue:start -->\n(.*?)\n<!-- catalogue:end -->", readme, re.S)
+    assert block, "README has no catalogue block"
+    assert block.group(1).strip() == markdown_table().strip(), "README catalogue is stale: run make catalogue"
+
+
+def test_snapshot_publishes_validated_outputs_and_plans_do_not_leak(clean_shop, tmp_path):
+    start = SMALL_SHOP["start"]
+    end = start + timedelta(days=SMALL_SHOP["days"] - 1)
+    lake = Lake.open(clean_shop.lake_uri)
+    if not lake.partitions("raw", "orders"):
+        collect(clean_shop, start, end)
+    Gate(clean_shop).validate([start + timedelta(days=i) for i in range(SMALL_SHOP["days"])])
+    b = SnapshotBuilder(clean_shop)
+    snap = b.build_and_publish(date(2025, 4, 1))
+    assert lake.manifest("features", "", {"snapshot": "2025-04-01"})["row_count"] == snap.features.height
+    assert lake.manifest("profiles", "", {"snapshot": "2025-04-01"}) is not None
+    for task in clean_shop.tasks:
+        m = lake.manifest("labels", "", {"task": task, "snapshot": "2025-04-01"})
+        assert m is not None and m["complete"] is True
+    stages = set(snap.profiles["lifecycle_stage"])
+    assert {"active", "churned"} <= stages
+    plan = plan_snapshots("repurchase", clean_shop.tasks["repurchase"], start, end, clean_shop.features)
+    h = timedelta(days=clean_shop.tasks["repurchase"].horizon_days)
+    assert all(t + h <= plan.valid for t in plan.train) and plan.valid + h <= plan.test
+    ts = stack([b.build(d, ["repurchase"]) for d in plan.train], "repurchase")
+    assert ts["snapshot"].n_unique() == len(plan.train) and set(ts["label"].unique()) <= {0, 1}
+    with pytest.raises(ValueError, match="not enough history"):
+        plan_snapshots("churn", clean_shop.tasks["churn"], start, start + timedelta(days=90), clean_shop.features)
+
+
+ONLINE_RETAIL = Path(__file__).parents[2] / "shared" / "datasets" / "online_retail" / "online_retail.csv.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ONLINE_RETAIL.exists(), reason="Online Retail dataset not present in ../shared/datasets")
+def test_online_retail_features_and_labels(tmp_path):
+    from propensity.importers import import_online_retail
+    from propensity.sources.oltp import ShopDB
+
+    s = Settings(home=tmp_path, base_currency="GBP")
+    import_online_retail(ONLINE_RETAIL, ShopDB(s.shop_db_url))
+    first, last = date(2010, 12, 1), date(2011, 12, 9)
+    collect(s, first, last)
+    outcomes = Gate(s).validate([first + timedelta(days=i) for i in range((last - first).days + 1)])
+    assert not [o for o in outcomes if o.critical]
+    b = SnapshotBuilder(s)
+    snap = b.build_and_publish(date(2011, 9, 1))
+    assert snap.features.height > 3000
+    assert snap.features["sessions_30d"].sum() == 0  # order-only data: behaviour features are zero, not errors
+    rep = snap.labels["repurchase"]
+    assert snap.complete["repurchase"] and rep.height > 1000 and 0.05 < rep["label"].mean() < 0.8
+    assert snap.labels["conversion"].height == 0  # no sessions, no conversion population
