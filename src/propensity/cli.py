@@ -16,7 +16,7 @@ from pathlib import Path
 
 from propensity.config import Settings, load_settings
 
-STAGES = ("collect", "validate", "features")
+STAGES = ("collect", "validate", "features", "train")
 
 
 def _date(text: str) -> date:
@@ -156,6 +156,44 @@ def build_planned_snapshots(s: Settings, tasks: list[str] | None, as_of: date | 
     return builder, plans, snaps
 
 
+def cmd_train(s: Settings, a: argparse.Namespace, builder=None, snapshots=None) -> int:
+    """Train, evaluate, register and gate every task; print (and optionally write) the JSON report."""
+    import json
+
+    from propensity.models.train import Trainer, write_report
+
+    report = Trainer(s, builder, snapshots).train(a.tasks, a.as_of)
+    for name, r in report["tasks"].items():
+        oracle = f"{r['oracle_auc']:.4f}" if r["oracle_auc"] is not None else "n/a"
+        base = ", ".join(f"{k} {v:.4f}" for k, v in r["baseline_auc"].items() if v is not None)
+        print(
+            f"{name:<11} test AUC {r['test_auc']:.4f}  PR AUC {r['test_pr_auc']:.4f}  ECE {r['ece']:.4f}  "
+            f"oracle {oracle}  baselines: {base}  n_train {r['n_train']:,}  v{r['model_version']} "
+            f"{'PROMOTED to champion' if r['promoted'] else 'kept as challenger'}"
+        )
+    if a.report:
+        write_report(report, Path(a.report))
+        print(f"report -> {a.report}")
+    else:
+        print(json.dumps(report, indent=2, default=float))
+    print(f"MLflow: {s.tracking_uri} (experiment {s.models.experiment!r})")
+    return 0
+
+
+def cmd_promote(s: Settings, a: argparse.Namespace) -> int:
+    from propensity.models.registry import promote
+
+    print(promote(s, a.task, str(a.version)))
+    return 0
+
+
+def cmd_rollback(s: Settings, a: argparse.Namespace) -> int:
+    from propensity.models.registry import rollback
+
+    print(rollback(s, a.task))
+    return 0
+
+
 def cmd_run(s: Settings, a: argparse.Namespace) -> int:
     """Run the chain stage by stage up to ``--through`` over the sources that are present."""
     stages = STAGES[: STAGES.index(a.through) + 1]
@@ -165,8 +203,11 @@ def cmd_run(s: Settings, a: argparse.Namespace) -> int:
         rc = cmd_validate(s, argparse.Namespace(date=a.start, end=a.end, tables=None))
         if rc:
             return rc
+    builder = snaps = None
     if "features" in stages:
-        build_planned_snapshots(s, a.tasks, a.as_of)
+        builder, _, snaps = build_planned_snapshots(s, a.tasks, a.as_of)
+    if "train" in stages:
+        return cmd_train(s, a, builder, snaps)
     return 0
 
 
@@ -176,6 +217,9 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "collect": cmd_collect,
     "validate": cmd_validate,
     "features": cmd_features,
+    "train": cmd_train,
+    "promote": cmd_promote,
+    "rollback": cmd_rollback,
     "run": cmd_run,
 }
 
@@ -218,12 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     fea.add_argument("--snapshot", type=_date, required=True)
     fea.add_argument("--tasks", nargs="+")
 
+    tr = sub.add_parser("train", parents=[common], help="train, evaluate, register and gate the models")
+    tr.add_argument("--tasks", nargs="+")
+    tr.add_argument("--as-of", type=_date, help="test snapshot (default: the latest fully labelled)")
+    tr.add_argument("--report", help="write the JSON report here")
+
+    pr = sub.add_parser("promote", parents=[common], help="make a model version the champion")
+    pr.add_argument("--task", required=True)
+    pr.add_argument("--version", required=True)
+    rb = sub.add_parser("rollback", parents=[common], help="restore the previous champion")
+    rb.add_argument("--task", required=True)
+
     run = sub.add_parser("run", parents=[common], help="run the chain up to a stage in one process")
     run.add_argument("--start", type=_date, required=True)
     run.add_argument("--end", type=_date, required=True)
     run.add_argument("--through", choices=STAGES, default=STAGES[-1])
     run.add_argument("--as-of", type=_date, help="test snapshot (default: the latest fully labelled)")
     run.add_argument("--tasks", nargs="+")
+    run.add_argument("--report", help="with --through train: write the JSON report here")
     return p
 
 

@@ -119,16 +119,23 @@ class TaskConfig(BaseModel):
 def default_tasks() -> dict[str, TaskConfig]:
     return {
         "conversion": TaskConfig(
-            horizon_days=14, label="purchase", session_days=30, no_purchase_days=90,
+            horizon_days=14,
+            label="purchase",
+            session_days=30,
+            no_purchase_days=90,
             description="visitors with a session in the last 30 days and no purchase in the last 90 "
             "(never-buyers included): do they purchase in the next 14 days?",
         ),
         "repurchase": TaskConfig(
-            horizon_days=30, label="purchase", purchase_days=365,
+            horizon_days=30,
+            label="purchase",
+            purchase_days=365,
             description="customers who bought in the last 365 days: do they buy again in the next 30 days?",
         ),
         "churn": TaskConfig(
-            horizon_days=60, label="inactive", active_days=90,
+            horizon_days=60,
+            label="inactive",
+            active_days=90,
             description="customers active (purchase or session) in the last 90 days: "
             "no purchase and no session in the next 60 days?",
         ),
@@ -139,8 +146,34 @@ class FeatureConfig(BaseModel):
     """Snapshot and training-set settings."""
 
     snapshot_every_days: int = Field(14, ge=1)
-    training_span_days: int = Field(224, ge=1, description="how far back training snapshots reach")
+    training_span_days: int = Field(
+        168, ge=0, description="how far back training snapshots reach (from the latest one)"
+    )
     min_history_days: int = Field(60, ge=0, description="first snapshot at least this long after data start")
+
+
+class ModelConfig(BaseModel):
+    """LightGBM training, calibration, tuning and the champion gate."""
+
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 100
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    max_rounds: int = 2000
+    early_stopping_rounds: int = 100
+    seed: int = 7
+    threads: int = 2
+    calibration: str = Field("auto", pattern="^(auto|isotonic|platt)$")
+    tuning_trials: int = Field(0, ge=0, description="Optuna trials; 0 disables tuning")
+    tuning_seconds: float = 300.0
+    margin: float = Field(0.005, ge=0, description="a challenger may be this much worse (AUC) than the champion")
+    floors: dict[str, float] = Field(
+        default_factory=lambda: {"conversion": 0.6, "repurchase": 0.6, "churn": 0.6},
+        description="minimum OOT test AUC per task for promotion",
+    )
+    experiment: str = "propensity"
 
 
 class Settings(BaseSettings):
@@ -162,14 +195,13 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     mlflow_artifacts: str | None = None
     airflow_home: Path | None = None
-    s3_endpoint_url: str | None = Field(
-        None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000"
-    )
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
     base_currency: str = "EUR"
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     tasks: dict[str, TaskConfig] = Field(default_factory=default_tasks)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
+    models: ModelConfig = Field(default_factory=ModelConfig)
 
     @field_validator("tasks", mode="before")
     @classmethod

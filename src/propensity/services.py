@@ -590,11 +590,22 @@ class S3Server:
     ) -> None:
         self.stop()
 
+    name = "moto server"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+    def _ready(self) -> bool:
+        return _answers_http(self.endpoint_url)
+
     def _spawn_and_wait(self) -> None:
         assert self.log_path is not None
         self._log = self.log_path.open("ab")
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-        cmd = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+        env = self._env()
+        cmd = self._command()
         self.process = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -607,11 +618,11 @@ class S3Server:
         while True:
             code = self.process.poll()
             if code is not None:
-                self._fail(f"moto server exited with {code}")
-            if _answers_http(self.endpoint_url):
+                self._fail(f"{self.name} exited with {code}")
+            if self._ready():
                 return
             if time.monotonic() > deadline:
-                self._fail(f"moto server did not answer HTTP within {self.startup_timeout:.0f}s")
+                self._fail(f"{self.name} did not answer HTTP within {self.startup_timeout:.0f}s")
             time.sleep(0.05)
 
     def _fail(self, message: str) -> NoReturn:
@@ -646,3 +657,52 @@ def _answers_http(url: str) -> bool:
         return True
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
+
+
+class MlflowServer(S3Server):
+    """``mlflow server`` on 127.0.0.1: a real tracking server and model registry.
+
+    The backend store is any SQLAlchemy URL (SQLite file, PostgreSQL); artifacts are
+    proxied by the server (``--serve-artifacts``) to ``artifacts_destination`` (a folder or
+    ``s3://bucket/prefix``; pass the S3 endpoint variables in ``extra_env``). One worker
+    and no job execution keep it light, as recommended for local use.
+    """
+
+    name = "mlflow server"
+
+    def __init__(
+        self,
+        backend_store_uri: str,
+        artifacts_destination: str,
+        *,
+        port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        startup_timeout: float = 90.0,
+    ) -> None:
+        super().__init__(port=port, startup_timeout=startup_timeout)
+        self.backend_store_uri = backend_store_uri
+        self.artifacts_destination = artifacts_destination
+        self.extra_env = dict(extra_env or {})
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.endpoint_url
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", LOOPBACK, "--port", str(self.port),
+            "--backend-store-uri", self.backend_store_uri,
+            "--artifacts-destination", self.artifacts_destination,
+            "--serve-artifacts", "--workers", "1",
+        ]  # fmt: skip
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.extra_env}
+
+    def _ready(self) -> bool:
+        try:
+            with _OPENER.open(f"{self.endpoint_url}/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False

@@ -5,7 +5,8 @@ For a task with horizon ``H`` and data observed through day ``last``:
 * test snapshot ``T_test``: the latest fully-labelled one, ``last + 1 - H`` (or ``--as-of``);
 * validation snapshot ``T_valid = T_test - H`` (early stopping, calibration);
 * training snapshots every ``snapshot_every_days`` from ``T_valid - H`` back over
-  ``training_span_days``, never earlier than ``min_history_days`` after the data start.
+  ``training_span_days`` (measured from that latest training snapshot), never earlier
+  than ``min_history_days`` after the data start.
 
 So every training label window ``[T, T+H)`` ends by ``T_valid`` and every validation label
 window ends by ``T_test``: out-of-time, with no overlap.
@@ -46,9 +47,12 @@ def plan_snapshots(
     latest = last_day + timedelta(days=1) - h
     test = min(as_of, latest) if as_of else latest
     valid = test - h
-    earliest = max(first_day + timedelta(days=cfg.min_history_days), test - timedelta(days=cfg.training_span_days))
+    latest_train = valid - h
+    earliest = max(
+        first_day + timedelta(days=cfg.min_history_days), latest_train - timedelta(days=cfg.training_span_days)
+    )
     train = []
-    t = valid - h
+    t = latest_train
     while t >= earliest:
         train.append(t)
         t -= timedelta(days=cfg.snapshot_every_days)

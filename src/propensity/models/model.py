@@ -1,0 +1,167 @@
+"""The served model: LightGBM booster + probability calibrator + categorical encoding.
+
+Kept free of pickles: the booster is LightGBM's text format, the calibrator and the
+category mapping are JSON, so a model logged today loads with any future Python.
+:class:`PropensityPyfunc` is the MLflow pyfunc that wraps them and returns calibrated
+probabilities (MLflow's LightGBM flavour would return class labels for sklearn-API
+models).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+
+def model_input(df: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """The frame a model consumes: its features, numbers as float64, categories as strings (or None).
+
+    One canonical input type keeps the MLflow signature stable between training and scoring.
+    """
+    from propensity.features.catalogue import categorical_features
+
+    cats = set(categorical_features())
+    missing = [c for c in features if c not in df.columns]
+    if missing:
+        raise ValueError(f"model input is missing feature column(s): {', '.join(missing)}")
+    out = {}
+    for c in features:
+        col = df[c]
+        if c in cats:
+            out[c] = col.astype(object).where(col.notna(), None)
+        else:
+            out[c] = pd.to_numeric(col, errors="raise").astype("float64")
+    return pd.DataFrame(out, index=df.index)
+
+
+@dataclass
+class CategoryEncoder:
+    """String categories -> integer codes (unknown or missing -> NaN), fitted on training data.
+
+    LightGBM consumes the codes as native categoricals; pandas ``category`` dtypes are
+    avoided because they break MLflow signatures.
+    """
+
+    mapping: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, df: pd.DataFrame, columns: list[str]) -> CategoryEncoder:
+        return cls({c: sorted(df[c].dropna().astype(str).unique().tolist()) for c in columns})
+
+    def transform(self, df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        for c, values in self.mapping.items():
+            codes = {v: float(i) for i, v in enumerate(values)}
+            out[c] = out[c].map(lambda v, codes=codes: codes.get(str(v), np.nan) if pd.notna(v) else np.nan)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.mapping)
+
+    @classmethod
+    def from_json(cls, text: str) -> CategoryEncoder:
+        return cls(json.loads(text))
+
+
+@dataclass
+class Calibrator:
+    """Monotone map from raw booster scores to probabilities: isotonic steps or a Platt sigmoid."""
+
+    kind: str
+    x: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+    a: float = 1.0
+    b: float = 0.0
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, y: np.ndarray, kind: str = "auto") -> Calibrator:
+        if kind == "auto":
+            kind = "isotonic" if y.sum() >= 200 and (len(y) - y.sum()) >= 200 else "platt"
+        if kind == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=1e-6, y_max=1 - 1e-6).fit(raw, y)
+            return cls("isotonic", iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist())
+        from sklearn.linear_model import LogisticRegression
+
+        logit = np.log(np.clip(raw, 1e-7, 1 - 1e-7) / (1 - np.clip(raw, 1e-7, 1 - 1e-7)))
+        lr = LogisticRegression(C=1e6).fit(logit.reshape(-1, 1), y)
+        return cls("platt", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if self.kind == "isotonic":
+            return np.interp(raw, self.x, self.y)
+        logit = np.log(np.clip(raw, 1e-7, 1 - 1e-7) / (1 - np.clip(raw, 1e-7, 1 - 1e-7)))
+        return 1.0 / (1.0 + np.exp(-(self.a * logit + self.b)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibrator:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class PropensityModel:
+    booster: lgb.Booster
+    calibrator: Calibrator
+    encoder: CategoryEncoder
+    features: list[str]
+
+    def matrix(self, df: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.features if c not in df.columns]
+        if missing:
+            raise ValueError(f"model input is missing feature column(s): {', '.join(missing)}")
+        x = self.encoder.transform(df[self.features])
+        return x.astype("float64")
+
+    def predict_raw(self, df: pd.DataFrame) -> np.ndarray:
+        return self.booster.predict(self.matrix(df), num_threads=0)
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        return self.calibrator(self.predict_raw(df))
+
+    def contributions(self, df: pd.DataFrame) -> np.ndarray:
+        """TreeSHAP contributions (n, features + 1 bias), in raw-score units; expensive."""
+        return self.booster.predict(self.matrix(df), pred_contrib=True)
+
+    def save(self, folder: Path) -> dict[str, str]:
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "booster": folder / "booster.txt",
+            "calibrator": folder / "calibrator.json",
+            "encoder": folder / "encoder.json",
+            "features": folder / "features.json",
+        }
+        self.booster.save_model(str(paths["booster"]))
+        paths["calibrator"].write_text(self.calibrator.to_json())
+        paths["encoder"].write_text(self.encoder.to_json())
+        paths["features"].write_text(json.dumps(self.features))
+        return {k: str(v) for k, v in paths.items()}
+
+    @classmethod
+    def load(cls, artifacts: dict[str, str]) -> PropensityModel:
+        return cls(
+            booster=lgb.Booster(model_file=artifacts["booster"]),
+            calibrator=Calibrator.from_json(Path(artifacts["calibrator"]).read_text()),
+            encoder=CategoryEncoder.from_json(Path(artifacts["encoder"]).read_text()),
+            features=json.loads(Path(artifacts["features"]).read_text()),
+        )
+
+
+class PropensityPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc returning calibrated probabilities for a frame of raw features."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = PropensityModel.load(context.artifacts)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+        return self.model.predict_proba(model_input)
