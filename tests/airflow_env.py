@@ -9,7 +9,8 @@ environment is built from scratch (no inherited ``AIRFLOW__*``/``PROPENSITY_*``)
 the child is this very file run as a script, with a sub-command, printing one JSON
 line as its result. Each child costs ~3 s of ``import airflow``, so the metadata DB is
 created (from the ORM, ~1 s) and the DAGs folder parsed once per session, in one child,
-and several ``dag.test()`` runs can share one child.
+and several ``dag.test()`` runs can share one child (params are reset between them: a
+run's conf does not leak into the next, see :func:`_param_defaults`).
 
 Use the ``airflow_env`` fixture (session-scoped)::
 
@@ -26,6 +27,7 @@ Use the ``airflow_env`` fixture (session-scoped)::
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -245,6 +247,18 @@ def _import_dags() -> dict[str, Any]:
     return {"import_errors": {str(k): v for k, v in bag.import_errors.items()}, "dags": dags}
 
 
+def _param_defaults(dag: Any) -> list[tuple[Any, Any]]:
+    """Every ``Param`` of ``dag`` and its tasks with its declared value, to reset between runs.
+
+    The task runner merges ``dag_run.conf`` into a ``ParamsDict`` that *shares* the DAG's
+    ``Param`` objects, and ``Param.resolve(value)`` stores the value on them: in a worker
+    (one process per task) that is harmless, but in one ``dag.test()`` process a run would
+    inherit the previous run's conf for every key its own conf leaves out.
+    """
+    holders = [dag.params, *(t.params for t in dag.tasks)]
+    return [(param, copy.deepcopy(param.value)) for holder in holders for _, param in holder.items()]
+
+
 def _dag_test(dag_id: str, runs: str, retries: str) -> dict[str, Any]:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.asset import AssetEvent, AssetModel
@@ -257,9 +271,12 @@ def _dag_test(dag_id: str, runs: str, retries: str) -> dict[str, Any]:
     dag = bag.dags[dag_id]
     for t in dag.tasks:
         t.retries = int(retries)
+    defaults = _param_defaults(dag)
     results = []
     for spec in json.loads(runs):
         print(RUN_MARK, flush=True)
+        for param, default in defaults:
+            param.value = copy.deepcopy(default)
         saved = {k: os.environ.get(k) for k in spec.get("env") or {}}
         os.environ.update(spec.get("env") or {})
         t0 = time.perf_counter()

@@ -1,5 +1,5 @@
-"""The DAGs in ``dags/``: they import cleanly under Airflow, and ``shop_collect`` and
-``shop_validate`` really run.
+"""The DAGs in ``dags/``: they import cleanly under Airflow, and ``shop_collect``,
+``shop_validate`` and ``build_features`` really run.
 
 Airflow work happens in child processes with a throwaway ``AIRFLOW_HOME`` (see
 ``airflow_env.py``); seeding the sources and checking the lake happen here, with the
@@ -23,15 +23,26 @@ from propensity.config import DirtConfig, Settings, load_settings
 from propensity.contracts import CUSTOMERS, EVENTS, FX_RATES, ORDERS, TABLES
 from propensity.lake import Lake
 from propensity.orchestration import (
+    SNAPSHOT_TASKS,
+    SnapshotRequestError,
     clean_asset_name,
     clean_asset_uri,
     dates_from_asset_events,
+    features_asset_name,
+    features_asset_uri,
     interval_days,
     io_task_args,
+    labels_asset_name,
+    labels_asset_uri,
+    profiles_asset_name,
+    profiles_asset_uri,
     raw_asset_name,
     raw_asset_uri,
     run_days,
+    selected_snapshot_tasks,
     selected_tables,
+    snapshot_dates_for_run,
+    snapshot_extras,
     summarize,
     validation_days,
     validation_extra,
@@ -40,6 +51,7 @@ from propensity.simulate import simulate
 from propensity.sources.landing import write_events, write_fx
 from propensity.sources.oltp import ShopDB
 from propensity.storage import open_store
+from propensity.validation import Gate
 
 DAY = date(2025, 3, 1)
 NEXT = date(2025, 3, 2)
@@ -64,6 +76,16 @@ def test_clean_asset_names() -> None:
     assert clean_asset_name("orders") == "clean.orders"
     with pytest.raises(KeyError, match="unknown table"):
         clean_asset_name("nope")
+
+
+def test_snapshot_asset_names() -> None:
+    # Airflow normalises an empty URI path to "/": the helpers return the form events report
+    assert (features_asset_name(), features_asset_uri()) == ("features", "propensity://features/")
+    assert (profiles_asset_name(), profiles_asset_uri()) == ("profiles", "propensity://profiles/")
+    assert (labels_asset_name("churn"), labels_asset_uri("churn")) == ("labels.churn", "propensity://labels/churn")
+    assert SNAPSHOT_TASKS == ("conversion", "repurchase", "churn")
+    with pytest.raises(ValueError, match="invalid task name"):
+        labels_asset_uri("a/b")
 
 
 def _raw_event(table: str, dates: list[str] | None, **extra: Any) -> SimpleNamespace:
@@ -101,6 +123,60 @@ def test_validation_days_precedence() -> None:
     ]
     # manual run: no params, no events -> yesterday
     assert validation_days("orders", triggering_asset_events={}, run_after=ts(NEXT, 9)) == [DAY.isoformat()]
+
+
+def _clean_event(table: str, dates: list[str] | None) -> SimpleNamespace:
+    extra = {"dates": dates, "rows_clean": 1, "rows_quarantined": 0} if dates is not None else {}
+    return SimpleNamespace(asset=SimpleNamespace(name=clean_asset_name(table), uri=clean_asset_uri(table)), extra=extra)
+
+
+def test_snapshot_dates_for_run_precedence() -> None:
+    events = {
+        "clean.orders": [_clean_event("orders", ["2025-03-01"]), _clean_event("orders", ["2025-03-03", "2025-03-02"])],
+        "clean.events": [_clean_event("events", ["2025-03-02"])],
+        "raw.orders": [_raw_event("orders", ["2025-03-09"])],  # not a clean event: ignored
+    }
+    assert dates_from_asset_events(events, zone="clean") == ["2025-03-01", "2025-03-02", "2025-03-03"]
+    assert dates_from_asset_events(events, "events", zone="clean") == ["2025-03-02"]
+    # a snapshot at T uses data < T: after validating 2025-03-03 the newest snapshot is 2025-03-04
+    assert snapshot_dates_for_run(triggering_asset_events=events, run_after=ts(date(2025, 3, 9), 1)) == ["2025-03-04"]
+    # the param wins
+    assert snapshot_dates_for_run(snapshot="2025-02-01", triggering_asset_events=events) == ["2025-02-01"]
+    assert snapshot_dates_for_run(snapshot=date(2025, 2, 1)) == ["2025-02-01"]
+    # manual run (or events without dates): the day after yesterday, i.e. today in UTC
+    assert snapshot_dates_for_run(triggering_asset_events={}, run_after=ts(NEXT, 9)) == [NEXT.isoformat()]
+    undated = {"clean.orders": [_clean_event("orders", None)]}
+    assert snapshot_dates_for_run(triggering_asset_events=undated, run_after=ts(NEXT, 0)) == [NEXT.isoformat()]
+    with pytest.raises(ValueError, match="cannot tell"):
+        snapshot_dates_for_run()
+
+
+def test_snapshot_tasks_and_extras() -> None:
+    settings = Settings(home="/nonexistent")
+    assert selected_snapshot_tasks(settings) == list(settings.tasks) == selected_snapshot_tasks(settings, [])
+    assert selected_snapshot_tasks(settings, ["churn", "churn"]) == ["churn"]
+    with pytest.raises(SnapshotRequestError, match="unknown task"):
+        selected_snapshot_tasks(settings, ["churm"])
+
+    def record(day: str, complete: bool) -> dict:
+        return {
+            "snapshot": day,
+            "customers": 10,
+            "profiles": 10,
+            "labels": {"churn": {"rows": 4, "complete": complete}},
+        }
+
+    extras = snapshot_extras([record("2025-03-15", False), record("2025-03-01", True)], "file:///lake")
+    assert set(extras) == {"features", "profiles", *(labels_asset_name(t) for t in SNAPSHOT_TASKS)}
+    assert extras["features"] == {"lake": "file:///lake", "dates": ["2025-03-01", "2025-03-15"], "rows": 20}
+    assert extras["labels.churn"] == {
+        "lake": "file:///lake",
+        "task": "churn",
+        "dates": ["2025-03-01", "2025-03-15"],
+        "rows": 8,
+        "complete": ["2025-03-01"],
+    }
+    assert extras["labels.conversion"]["dates"] == []  # not built: every outlet still gets an event
 
 
 def test_validation_extra() -> None:
@@ -196,6 +272,38 @@ def test_shop_validate_dag_is_asset_scheduled(airflow_env: AirflowEnv) -> None: 
         task = tasks[f"validate_{table}"]
         assert task["outlets"] == [clean_asset_uri(table)]
         assert task["retries"] == 3 and task["retry_exponential_backoff"] == 2.0
+
+
+@pytest.mark.slow
+def test_build_features_dag_is_scheduled_on_clean_assets(airflow_env: AirflowEnv) -> None:  # noqa: F811
+    report = airflow_env.import_dags()
+    assert report["import_errors"] == {}
+    dag = report["dags"]["build_features"]
+    # schedule=[...]: an AssetAll over every clean table, so one run per validate run
+    assert dag["timetable"] == "AssetTriggeredTimetable"
+    assert dag["assets"] == {"type": "AssetAll", "uris": [clean_asset_uri(t) for t in TABLES]}
+    assert dag["catchup"] is False
+    assert dag["max_active_runs"] == 1
+    assert {"propensity", "features"} <= set(dag["tags"])
+    assert dag["doc_md"] and "build_features" in dag["doc_md"] and "AssetAny" in dag["doc_md"]
+    params = dag["params"]
+    assert set(params) == {"snapshot", "tasks", "plan"}
+    assert all(p["description"] for p in params.values())
+    assert params["snapshot"]["format"] == "date"
+    assert params["tasks"]["items"]["enum"] == list(SNAPSHOT_TASKS)
+    assert params["plan"]["type"] == "boolean"
+
+    tasks = dag["tasks"]
+    assert set(tasks) == {"build_snapshots", "summary"}
+    build = tasks["build_snapshots"]
+    assert build["outlets"] == [
+        features_asset_uri(),
+        profiles_asset_uri(),
+        *(labels_asset_uri(t) for t in SNAPSHOT_TASKS),
+    ]
+    assert build["retries"] == 3 and build["retry_exponential_backoff"] == 2.0
+    assert build["execution_timeout"] == 4 * 3600
+    assert tasks["summary"]["outlets"] == []
 
 
 # A real run -------------------------------------------------------------------------------
@@ -495,3 +603,118 @@ def test_shop_validate_fails_loudly_on_critical_failure(validate_runs) -> None:
     assert lake.read_partition("clean", "events", {"dt": BAD_DATE}) is None
     # the events partitions that passed are still published
     assert all(lake.read_partition("clean", "events", {"dt": dt}) is not None for dt in VDATES if dt != BAD_DATE)
+
+
+# build_features ---------------------------------------------------------------------------
+
+FSTART, FDAYS = date(2025, 1, 1), 110  # 2025-01-01..2025-04-20
+SNAPSHOT = "2025-03-15"
+# conversion (horizon 14 d, 60 d minimum history): test 2025-04-07, validation 2025-03-24, train 2025-03-10
+CONVERSION_PLAN = ["2025-03-10", "2025-03-24", "2025-04-07"]
+EMPTY_SNAPSHOT = "2024-12-01"  # before the data: no customers, the features' row_count check fails
+
+
+@pytest.fixture(scope="module")
+def features_runs(
+    airflow_env: AirflowEnv,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Settings, list[dict[str, Any]]]:
+    """A tiny clean shop simulated, collected and validated into the clean zone; then
+    ``build_features`` runs four times in one Airflow child: one snapshot (params
+    ``snapshot``), the conversion training plan (``plan``, ``tasks``), and two runs that
+    must fail at once: the churn plan, for which 110 days are too little history, and a
+    snapshot before the data starts, whose empty feature table breaks its checks."""
+    home = tmp_path_factory.mktemp("features")
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("PROPENSITY_")]:
+            mp.delenv(key)
+        settings = load_settings(home=home)
+    last = FSTART + timedelta(days=FDAYS - 1)
+    simulate(settings, customers=400, days=FDAYS, start=FSTART, seed=3, dirt_cfg=DirtConfig(rate=0))
+    collect(settings, FSTART, last)
+    quiet = settings.model_copy(update={"validation": settings.validation.model_copy(update={"docs": False})})
+    outcomes = Gate(quiet).validate([FSTART + timedelta(days=i) for i in range(FDAYS)])
+    assert not any(o.critical for o in outcomes)
+
+    runs = airflow_env.dag_test(
+        "build_features",
+        [
+            {"logical_date": "2025-04-21T06:00:00+00:00", "conf": {"snapshot": SNAPSHOT}},
+            {"logical_date": "2025-04-21T07:00:00+00:00", "conf": {"plan": True, "tasks": ["conversion"]}},
+            {"logical_date": "2025-04-21T08:00:00+00:00", "conf": {"plan": True, "tasks": ["churn"]}},
+            {"logical_date": "2025-04-21T09:00:00+00:00", "conf": {"snapshot": EMPTY_SNAPSHOT, "tasks": ["churn"]}},
+        ],
+        extra_env={"PROPENSITY_HOME": str(home)},
+        retries=1,  # a final failure must not be retried
+    )
+    return settings, runs
+
+
+@pytest.mark.slow
+def test_build_features_publishes_a_snapshot(features_runs) -> None:
+    settings, (run, *_) = features_runs
+    assert run["state"] == "success", run["log"][-5000:]
+    assert run["tasks"] == {"build_snapshots": "success", "summary": "success"}
+
+    lake = Lake.open(settings.lake_uri)
+    part = {"snapshot": SNAPSHOT}
+    features = lake.manifest("features", "", part)
+    profiles = lake.manifest("profiles", "", part)
+    assert features and profiles and features["row_count"] > 0
+    assert profiles["row_count"] == features["row_count"]
+    labels = {t: lake.manifest("labels", "", {"task": t, "snapshot": SNAPSHOT}) for t in settings.tasks}
+    assert all(labels.values()), labels
+
+    events = {e["uri"]: e["extra"] for e in run["asset_events"]}
+    assert set(events) == {features_asset_uri(), profiles_asset_uri(), *(labels_asset_uri(t) for t in SNAPSHOT_TASKS)}
+    assert events[features_asset_uri()] == {
+        "lake": settings.lake_uri,
+        "dates": [SNAPSHOT],
+        "rows": features["row_count"],
+    }
+    churn = events[labels_asset_uri("churn")]
+    assert (churn["dates"], churn["rows"]) == ([SNAPSHOT], labels["churn"]["row_count"])
+    # data through 2025-04-20: the conversion window [T, T+14 d) is observed, churn's 60 days are not
+    assert events[labels_asset_uri("conversion")]["complete"] == [SNAPSHOT] and churn["complete"] == []
+
+    summaries = [ln for ln in run["log"].splitlines() if f"snapshot {SNAPSHOT}: " in ln and "features;" in ln]
+    assert len(summaries) >= 2, "the build task and the summary task log Snapshot.summary()"
+    assert "label window not complete" in summaries[-1]
+
+
+@pytest.mark.slow
+def test_build_features_training_plan(features_runs) -> None:
+    settings, (_, run, *_) = features_runs
+    assert run["state"] == "success", run["log"][-5000:]
+    lake = Lake.open(settings.lake_uri)
+    for day in CONVERSION_PLAN:
+        assert lake.manifest("features", "", {"snapshot": day}), day
+        assert lake.manifest("labels", "", {"task": "conversion", "snapshot": day}), day
+        assert lake.manifest("labels", "", {"task": "churn", "snapshot": day}) is None  # not selected
+    events = {e["uri"]: e["extra"] for e in run["asset_events"]}
+    assert events[features_asset_uri()]["dates"] == CONVERSION_PLAN
+    assert events[labels_asset_uri("conversion")]["dates"] == CONVERSION_PLAN
+    assert events[labels_asset_uri("conversion")]["complete"] == CONVERSION_PLAN  # fully labelled plan
+    assert events[labels_asset_uri("churn")]["dates"] == []  # an event (every outlet gets one), nothing built
+    assert sum("features;" in ln and "conversion:" in ln for ln in run["log"].splitlines()) >= 2 * len(CONVERSION_PLAN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        (2, "SnapshotRequestError: task churn: not enough history"),
+        (3, f"FrameValidationError: features.{EMPTY_SNAPSHOT}: row_count on column *: observed 0"),
+    ],
+    ids=["plan-without-history", "snapshot-breaks-checks"],
+)
+def test_build_features_fails_without_retry(features_runs, index: int, message: str) -> None:
+    settings, runs = features_runs
+    run = runs[index]
+    assert run["state"] == "failed", run["log"][-5000:]
+    assert run["tasks"] == {"build_snapshots": "failed", "summary": "upstream_failed"}  # not up_for_retry
+    log = run["log"]
+    assert "AirflowFailException" in log and message in log
+    assert log.count("[DAG TEST] starting task_id=build_snapshots") == 1, "a final failure was retried"
+    assert run["asset_events"] == []
+    assert Lake.open(settings.lake_uri).manifest("features", "", {"snapshot": EMPTY_SNAPSHOT}) is None
