@@ -41,7 +41,7 @@ test: venv services lint
 
 demo: venv
 	$(BIN)/propensity simulate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --start $(DEMO_START)
-	$(BIN)/propensity run --start $(DEMO_START) --end $(DEMO_END) --through validate
+	$(BIN)/propensity run --start $(DEMO_START) --end $(DEMO_END) --through train --report $(PROPENSITY_HOME)/train_report.json
 
 clean:
 	rm -rf var
