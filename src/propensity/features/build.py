@@ -309,9 +309,13 @@ def compute_features(d: ShopData, t: datetime, base_currency: str) -> pl.DataFra
     out = profile_features(d, t)
     for p in parts:
         out = out.join(p, on=KEY, how="left")
+    observed = pl.min_horizontal(pl.col("signup_tenure_days"), pl.lit(90.0))
     out = out.with_columns(
         _ratio("__qty_365", "orders_365d").alias("items_per_order_365d"),
         _ratio("avg_item_price_bought_365d", "avg_price_viewed_90d").alias("price_tier_ratio"),
+        _ratio(pl.col("sessions_90d").fill_null(0) * 7.0, observed).alias("sessions_per_week_90d"),
+        _ratio("orders_90d", "sessions_90d").alias("orders_per_session_90d"),
+        _ratio("carts_90d", "product_views_90d").alias("cart_rate_90d"),
     ).drop("__qty_365")
     zero_fill = [
         c

@@ -105,7 +105,7 @@ def clicked_purchase_p(tr: dict[str, np.ndarray], q: np.ndarray, coupon: bool) -
 
 
 def hazard(tr: dict[str, np.ndarray], bump: np.ndarray, n_orders: np.ndarray) -> np.ndarray:
-    """Daily churn hazard: bad experiences raise it; repeat purchases build loyalty."""
+    """Daily churn hazard: bad experiences raise it; repeat purchases (in the observed window) build loyalty."""
     return np.clip(tr["hazard"] * np.exp(bump) / (1.0 + 0.25 * np.minimum(n_orders, 8)), 0.0, 0.5)
 
 

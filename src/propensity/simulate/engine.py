@@ -114,7 +114,7 @@ class Simulator:
         death_day = np.full(n, -1, dtype=np.int64)
         bought = tr["bought0"].copy()
         last = tr["last0"].copy()
-        n_orders = tr["n0"].copy()
+        n_orders = np.zeros(n, dtype=np.int64)  # loyalty counts orders the shop can see
         bump = np.zeros(n)
         schedule: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         buf = Buffers()

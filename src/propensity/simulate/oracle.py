@@ -96,7 +96,7 @@ class Truth:
         latest = np.full(n, -np.inf)
         np.maximum.at(latest, pidx[before], pday[before].astype(float))
         last = np.where(has, latest, self.traits["last0"])  # window purchases postdate last0
-        n_orders = self.traits["n0"] + np.bincount(pidx[before], minlength=n)
+        n_orders = np.bincount(pidx[before], minlength=n)
         bidx, bday, bval = self.bumps
         bump = np.bincount(bidx[bday < t], weights=bval[bday < t], minlength=n)
         return {
