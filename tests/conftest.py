@@ -38,6 +38,15 @@ def s3_server() -> Iterator[S3Server]:
         yield server
 
 
+# --- real data sets (../shared/datasets beside the checkout; tests skip when absent) ----
+
+from pathlib import Path  # noqa: E402
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+ONLINE_RETAIL = DATASETS / "online_retail" / "online_retail.csv.gz"
+ONLINE_SHOPPERS = DATASETS / "online_shoppers" / "online_shoppers_intention.csv"
+
+
 # --- simulated shops ------------------------------------------------------------------
 
 from datetime import date  # noqa: E402

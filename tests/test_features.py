@@ -176,7 +176,7 @@ def test_snapshot_publishes_validated_outputs_and_plans_do_not_leak(clean_shop, 
         plan_snapshots("churn", clean_shop.tasks["churn"], start, start + timedelta(days=90), clean_shop.features)
 
 
-ONLINE_RETAIL = Path(__file__).parents[2] / "shared" / "datasets" / "online_retail" / "online_retail.csv.gz"
+from conftest import ONLINE_RETAIL  # noqa: E402
 
 
 @pytest.mark.slow

@@ -7,12 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from conftest import ONLINE_RETAIL
 
 from propensity.contracts import contract
 from propensity.importers import ImportDataError, ImportReport, import_online_retail, import_orders
 from propensity.sources.oltp import ShopDB
 
-ONLINE_RETAIL = Path("/work/shared/datasets/online_retail/online_retail.csv.gz")
 LOADED = ("customers", "products", "orders", "order_items")
 
 MAPPING = {

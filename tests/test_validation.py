@@ -37,8 +37,7 @@ END = START + timedelta(days=DAYS - 1)
 DAY = END.isoformat()  # faults go into the last day: 13 days of history before it
 CUSTOMERS = 5000  # enough traffic that a 90% drop in events is far outside the volume band
 
-ONLINE_RETAIL = Path("/work/shared/datasets/online_retail/online_retail.csv.gz")
-
+from conftest import ONLINE_RETAIL  # noqa: E402
 
 # --- fixtures ------------------------------------------------------------------------------
 

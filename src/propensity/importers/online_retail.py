@@ -45,7 +45,7 @@ from propensity.sources.oltp import ShopDB
 
 __all__ = ["COLUMNS", "DEFAULT_PATH", "category_from_description", "import_online_retail"]
 
-DEFAULT_PATH = Path("/work/shared/datasets/online_retail/online_retail.csv.gz")
+DEFAULT_PATH = Path("../shared/datasets/online_retail/online_retail.csv.gz")  # relative to the checkout
 COLUMNS: tuple[str, ...] = (
     "InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country",
 )  # fmt: skip
