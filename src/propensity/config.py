@@ -150,6 +150,12 @@ class FeatureConfig(BaseModel):
         168, ge=0, description="how far back training snapshots reach (from the latest one)"
     )
     min_history_days: int = Field(60, ge=0, description="first snapshot at least this long after data start")
+    holdout: str = Field(
+        "oot",
+        pattern="^(oot|customers)$",
+        description="oot: a validation snapshot one horizon before the test; customers: 20% of customers "
+        "held out of the training snapshots (more recent training data for short histories)",
+    )
 
 
 class ModelConfig(BaseModel):

@@ -153,9 +153,7 @@ class TableContract:
                 try:
                     arr = arr.cast(c.arrow_type)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise ValueError(
-                        f"table {self.name}: column {c.name} cannot be read as {c.dtype}: {exc}"
-                    ) from exc
+                    raise ValueError(f"table {self.name}: column {c.name} cannot be read as {c.dtype}: {exc}") from exc
             arrays.append(arr)
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
 
@@ -230,9 +228,7 @@ ORDERS = TableContract(
         _ts("order_time"),
         Column("status", "string", nullable=False, allowed=frozenset(ORDER_STATUSES)),
         Column("currency", "string", nullable=False, allowed=_CURRENCY),
-        Column(
-            "gross_amount", "float64", nullable=False, ge=0, description="before discount, order currency"
-        ),
+        Column("gross_amount", "float64", nullable=False, ge=0, description="before discount, order currency"),
         Column("discount_amount", "float64", nullable=False, ge=0),
         Column("coupon_code", "string"),
         Column("payment_method", "string", allowed=frozenset(PAYMENT_METHODS)),

@@ -436,8 +436,7 @@ class PostgresServer:
             if self.pid is not None:  # started but not ready in time: do not leak it
                 self._stop_cluster(mode="immediate")
             raise ServiceError(
-                f"PostgreSQL did not start on {LOOPBACK}:{self.port} ({exc}); log tail:\n"
-                f"{_log_tail(self.log_path)}"
+                f"PostgreSQL did not start on {LOOPBACK}:{self.port} ({exc}); log tail:\n{_log_tail(self.log_path)}"
             ) from None
         self.pid = self._read_pid()
 
@@ -452,9 +451,7 @@ class PostgresServer:
         """``pg_ctl stop``; falls back to SIGKILL so ``stop()`` never leaves a server behind."""
         pid = self.pid
         try:
-            rc = self._pg_ctl(
-                "--mode", mode, "--wait", "--timeout", "30", "stop", timeout=30, what="pg_ctl stop"
-            )
+            rc = self._pg_ctl("--mode", mode, "--wait", "--timeout", "30", "stop", timeout=30, what="pg_ctl stop")
         except ServiceError:
             rc = -1
         if rc != 0 and pid is not None:
@@ -505,9 +502,7 @@ class S3Server:
     read by :mod:`propensity.storage` and MLflow).
     """
 
-    def __init__(
-        self, *, port: int | None = None, region: str = "us-east-1", startup_timeout: float = 30.0
-    ) -> None:
+    def __init__(self, *, port: int | None = None, region: str = "us-east-1", startup_timeout: float = 30.0) -> None:
         self.requested_port = port
         self.port: int | None = port
         self.region = region

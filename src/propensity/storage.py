@@ -206,9 +206,7 @@ def open_store(uri: str | Path, endpoint_url: str | None = None, create: bool = 
     text = str(uri)
     parsed = urlparse(text)
     if parsed.scheme == "s3":
-        store = S3Store(
-            parsed.netloc, parsed.path, endpoint_url or os.environ.get("PROPENSITY_S3_ENDPOINT_URL")
-        )
+        store = S3Store(parsed.netloc, parsed.path, endpoint_url or os.environ.get("PROPENSITY_S3_ENDPOINT_URL"))
         if create:
             store.ensure_bucket()
         return store

@@ -19,7 +19,7 @@ from propensity.features.inputs import ShopData
 log = logging.getLogger(__name__)
 
 BEHAVIOUR_WINDOWS = (1, 7, 30, 90)
-ORDER_WINDOWS = (30, 90, 365)
+ORDER_WINDOWS = (30, 90, 180, 365)
 CHANNELS = ("email", "sms", "push")
 SESSION_COUNTS = {
     "sessions": None,
@@ -86,6 +86,8 @@ def rfm_features(o: pl.DataFrame, t: datetime) -> pl.DataFrame:
             (pl.col("is_order") & inw).sum().alias(f"orders_{w}d"),
             pl.col("net").filter(pl.col("is_paid") & inw).sum().alias(f"revenue_{w}d"),
         ]
+    last_year = (pl.col("order_time") >= _since(t, 365)) & (pl.col("order_time") < _since(t, 275))
+    aggs.append((pl.col("is_order") & last_year).sum().alias("orders_last_year_next_90d"))
     y = pl.col("order_time") >= _since(t, 365)
     aggs += [
         (y & (pl.col("status") == "cancelled")).sum().alias("__cancelled_365"),

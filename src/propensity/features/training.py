@@ -10,6 +10,11 @@ For a task with horizon ``H`` and data observed through day ``last``:
 
 So every training label window ``[T, T+H)`` ends by ``T_valid`` and every validation label
 window ends by ``T_test``: out-of-time, with no overlap.
+
+With ``features.holdout: customers`` (for short histories, e.g. a year of real orders)
+there is no validation snapshot: training snapshots reach up to ``T_test - H`` and a
+fixed 20% of customers (by a hash of their id) is held out of them for early stopping
+and calibration. The test stays out of time either way.
 """
 
 from __future__ import annotations
@@ -28,16 +33,18 @@ class SnapshotPlan:
     task: str
     horizon_days: int
     train: tuple[date, ...]
-    valid: date
+    valid: date | None
     test: date
 
     def all(self) -> list[date]:
-        return sorted({*self.train, self.valid, self.test})
+        return sorted({*self.train, self.test, *([self.valid] if self.valid else [])})
 
     def check(self) -> None:
         h = timedelta(days=self.horizon_days)
-        assert all(t + h <= self.valid for t in self.train), "training labels overlap validation"
-        assert self.valid + h <= self.test, "validation labels overlap the test snapshot"
+        assert all(t + h <= self.test for t in self.train), "training labels overlap the test snapshot"
+        if self.valid is not None:
+            assert all(t + h <= self.valid for t in self.train), "training labels overlap validation"
+            assert self.valid + h <= self.test, "validation labels overlap the test snapshot"
 
 
 def plan_snapshots(
@@ -46,8 +53,8 @@ def plan_snapshots(
     h = timedelta(days=task.horizon_days)
     latest = last_day + timedelta(days=1) - h
     test = min(as_of, latest) if as_of else latest
-    valid = test - h
-    latest_train = valid - h
+    valid = test - h if cfg.holdout == "oot" else None
+    latest_train = (valid or test) - h
     earliest = max(
         first_day + timedelta(days=cfg.min_history_days), latest_train - timedelta(days=cfg.training_span_days)
     )
@@ -56,7 +63,7 @@ def plan_snapshots(
     while t >= earliest:
         train.append(t)
         t -= timedelta(days=cfg.snapshot_every_days)
-    if not train or valid < earliest:
+    if not train or (valid is not None and valid < earliest):
         raise ValueError(
             f"task {name}: not enough history for an out-of-time split with horizon {task.horizon_days} d "
             f"(data {first_day}..{last_day}, min history {cfg.min_history_days} d): need about "

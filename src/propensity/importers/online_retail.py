@@ -167,9 +167,7 @@ def import_online_retail(path: str | Path, db: ShopDB, *, tz: str = "UTC") -> Im
     products["created_at"] = products.product_id.map(first_seen)
     products["updated_at"] = products["created_at"]
 
-    customers = build_customers(
-        lines.customer_id, lines.t, raw["Country"], CURRENCY, default_country=NO_COUNTRY
-    )
+    customers = build_customers(lines.customer_id, lines.t, raw["Country"], CURRENCY, default_country=NO_COUNTRY)
 
     counts = replace_oltp(
         db, {"customers": customers, "products": products, "orders": orders, "order_items": items}, path

@@ -127,8 +127,7 @@ def _row_error(path: str | Path, column: str, what: str, bad: pd.Series, row_num
     first = idx[0]
     more = f"; {len(idx) - 1:,} more bad row(s) in this column" if len(idx) > 1 else ""
     raise ImportDataError(
-        f"{path}: column {column}: {what} at data row {int(row_numbers.iloc[first])} "
-        f"(1-based, header excluded){more}"
+        f"{path}: column {column}: {what} at data row {int(row_numbers.iloc[first])} (1-based, header excluded){more}"
     )
 
 
@@ -178,9 +177,7 @@ def parse_times(
         try:
             out = out.dt.tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward")
         except Exception as exc:  # unknown zone name
-            raise ImportDataError(
-                f"{path}: column {column}: cannot localise to time zone {tz!r}: {exc}"
-            ) from exc
+            raise ImportDataError(f"{path}: column {column}: cannot localise to time zone {tz!r}: {exc}") from exc
         _row_error(path, column, f"ambiguous local time in {tz}", out.isna(), row_numbers)
     return out.dt.tz_convert("UTC").dt.as_unit("us")
 
@@ -269,9 +266,7 @@ def build_customers(
     """Customers from order lines: signup = first line time; country/currency = most frequent."""
     df = pd.DataFrame({"customer_id": customer_ids.reset_index(drop=True), "t": times.reset_index(drop=True)})
     first = df.groupby("customer_id", sort=True)["t"].min()
-    out = pd.DataFrame(
-        {"customer_id": first.index.astype("str"), "signup_time": first.reset_index(drop=True)}
-    )
+    out = pd.DataFrame({"customer_id": first.index.astype("str"), "signup_time": first.reset_index(drop=True)})
     if raw_country is not None:
         country = most_frequent(customer_ids, countries_to_iso(raw_country))
         out["country"] = out.customer_id.map(country).fillna(default_country)
@@ -473,11 +468,7 @@ def import_orders(
         )
 
     lines["currency"] = (
-        raw[cols["currency"]]
-        .astype("str")
-        .str.strip()
-        .str.upper()
-        .where(~_blank(raw[cols["currency"]]), currency)
+        raw[cols["currency"]].astype("str").str.strip().str.upper().where(~_blank(raw[cols["currency"]]), currency)
         if "currency" in cols
         else currency
     )

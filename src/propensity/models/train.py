@@ -15,6 +15,7 @@ import json
 import logging
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -151,7 +152,11 @@ class Trainer:
                 df = df.join(prof, on="customer_id", how="left")
             return df.to_pandas()
 
-        return TaskFrames(plan, block(list(plan.train)), block([plan.valid]), block([plan.test], True))
+        train, test = block(list(plan.train)), block([plan.test], True)
+        if plan.valid is not None:
+            return TaskFrames(plan, train, block([plan.valid]), test)
+        held = train["customer_id"].map(lambda c: zlib.crc32(str(c).encode()) % 5 == 0).to_numpy()
+        return TaskFrames(plan, train[~held].reset_index(drop=True), train[held].reset_index(drop=True), test)
 
     # model --------------------------------------------------------------------------------
 
@@ -262,7 +267,7 @@ class Trainer:
                 "task": r.task,
                 "horizon_days": fr.plan.horizon_days,
                 "test_snapshot": fr.plan.test.isoformat(),
-                "valid_snapshot": fr.plan.valid.isoformat(),
+                "valid_snapshot": fr.plan.valid.isoformat() if fr.plan.valid else "customer holdout",
                 "train_snapshots": ",".join(d.isoformat() for d in fr.plan.train),
                 "n_features": len(r.model.features),
                 "best_iteration": r.best_iteration,

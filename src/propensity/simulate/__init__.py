@@ -41,9 +41,7 @@ class SimReport:
         return self.rows.get("events", 0) / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        lines = [
-            f"simulated {self.customers:,} customers x {self.days} days from {self.start} (seed {self.seed})"
-        ]
+        lines = [f"simulated {self.customers:,} customers x {self.days} days from {self.start} (seed {self.seed})"]
         lines += [f"  {name:<18}{count:>12,}" for name, count in self.rows.items()]
         lines.append(f"  sessions {self.sessions:,} ({self.anonymous_sessions:,} anonymous)")
         lines.append(f"  {self.seconds:.1f} s, {self.events_per_second:,.0f} events/s")

@@ -80,17 +80,13 @@ def decay(days_since: np.ndarray, cycle: np.ndarray, tau: np.ndarray, bought: np
     return np.exp(-np.maximum(0.0, days_since - grace) / tau)
 
 
-def session_p(
-    tr: dict[str, np.ndarray], days_since: np.ndarray, bought: np.ndarray, season: float
-) -> np.ndarray:
+def session_p(tr: dict[str, np.ndarray], days_since: np.ndarray, bought: np.ndarray, season: float) -> np.ndarray:
     it = intent(days_since, tr["cycle"], bought)
     p = tr["engagement"] * (0.25 + 1.6 * it) * decay(days_since, tr["cycle"], tr["tau"], bought) * season
     return np.clip(p, 0.0, 0.9)
 
 
-def purchase_p(
-    tr: dict[str, np.ndarray], days_since: np.ndarray, bought: np.ndarray, promo_depth: float
-) -> np.ndarray:
+def purchase_p(tr: dict[str, np.ndarray], days_since: np.ndarray, bought: np.ndarray, promo_depth: float) -> np.ndarray:
     """P(purchase | session), before any campaign effect."""
     it = intent(days_since, tr["cycle"], bought)
     base = tr["conv"] * np.where(bought, 0.08 + 1.6 * it**2, 0.35 * (0.3 + it))

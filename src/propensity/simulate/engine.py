@@ -79,9 +79,7 @@ def _diurnal_seconds(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.clip(hours * 3600.0, 0, 86_399).astype(np.int64)
 
 
-def _pick_products(
-    rng: np.random.Generator, cat: Catalogue, aff_cum: np.ndarray, price_sens: np.ndarray
-) -> np.ndarray:
+def _pick_products(rng: np.random.Generator, cat: Catalogue, aff_cum: np.ndarray, price_sens: np.ndarray) -> np.ndarray:
     """One product per row: category by affinity, cheaper items for price-sensitive customers."""
     k = (rng.random(len(aff_cum))[:, None] > aff_cum).sum(axis=1)
     k = np.minimum(k, len(cat.cat_n) - 1)
@@ -220,11 +218,7 @@ class Simulator:
             return
         rng = self.rng
         ch = channel[idx]
-        sent = (
-            self.t0_us
-            + t * US_PER_DAY
-            + (rng.integers(8, 11, m) * 3600 + rng.integers(0, 3600, m)) * 1_000_000
-        )
+        sent = self.t0_us + t * US_PER_DAY + (rng.integers(8, 11, m) * 3600 + rng.integers(0, 3600, m)) * 1_000_000
         open_at = sent + (rng.exponential(2.0, m) * 3600e6).astype(np.int64)
         click_at = open_at + (rng.exponential(3.0, m) * 60e6).astype(np.int64)
         buf.add(
@@ -259,18 +253,14 @@ class Simulator:
         n_reg = len(sid)
         n_anon = int(rng.poisson(1.2 * n_reg + 5))
         m = n_reg + n_anon
-        it = np.concatenate(
-            [dyn.intent(days_since[sid], tr["cycle"][sid], bought[sid]), rng.beta(1, 6, n_anon)]
-        )
+        it = np.concatenate([dyn.intent(days_since[sid], tr["cycle"][sid], bought[sid]), rng.beta(1, 6, n_anon)])
         buys = np.concatenate([success[sid] | cancel[sid], np.zeros(n_anon, bool)])
         n_items = np.where(buys, 1 + rng.poisson(0.5, m), 0)
         counts = np.zeros((m, N_TYPES), dtype=np.int64)
         counts[:, T_PAGE] = 1 + rng.poisson(0.6, m)
         counts[:, T_SEARCH] = rng.poisson(0.2 + 0.6 * it)
         views = rng.poisson(0.6 + 4.0 * it)
-        carts = np.where(
-            buys, n_items + rng.poisson(0.3, m), rng.binomial(views, np.clip(0.04 + 0.22 * it, 0, 1))
-        )
+        carts = np.where(buys, n_items + rng.poisson(0.3, m), rng.binomial(views, np.clip(0.04 + 0.22 * it, 0, 1)))
         views = np.maximum(views, carts)
         counts[:, T_VIEW] = views
         counts[:, T_FAV] = rng.binomial(views, 0.06)
@@ -477,15 +467,11 @@ class Simulator:
             deliv=deliv_us[ok],
         )
         r = review
-        buf.add(
-            "reviews", onum=onum[r], idx=cust[r], prod=review_prod[r], rating=rating[r], time=review_us[r]
-        )
+        buf.add("reviews", onum=onum[r], idx=cust[r], prod=review_prod[r], rating=rating[r], time=review_us[r])
 
 
 def _ts(micros: np.ndarray) -> pl.Series:
-    return pl.from_epoch(pl.Series(np.asarray(micros, dtype=np.int64)), time_unit="us").dt.replace_time_zone(
-        "UTC"
-    )
+    return pl.from_epoch(pl.Series(np.asarray(micros, dtype=np.int64)), time_unit="us").dt.replace_time_zone("UTC")
 
 
 def _ids(prefix: str, nums: np.ndarray, width: int) -> pl.Series:
@@ -584,10 +570,7 @@ def tables_from_output(out: SimOutput, start_us: int) -> dict[str, pa.Table]:
                 }
             )
             .with_columns(
-                pl.when(pl.Series(delivered))
-                .then(pl.col("delivered_time"))
-                .otherwise(None)
-                .alias("delivered_time")
+                pl.when(pl.Series(delivered)).then(pl.col("delivered_time")).otherwise(None).alias("delivered_time")
             )
             .filter(pl.Series(shipped))
         )

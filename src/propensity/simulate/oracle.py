@@ -58,9 +58,7 @@ class Truth:
         cols = {"customer_id": self.customer_ids.astype(str), "death_day": self.death_day}
         cols.update({k: self.traits[k] for k in TRAIT_COLUMNS})
         pq.write_table(pa.table(cols), folder / "traits.parquet")
-        pq.write_table(
-            pa.table({"idx": self.purchases[0], "day": self.purchases[1]}), folder / "purchases.parquet"
-        )
+        pq.write_table(pa.table({"idx": self.purchases[0], "day": self.purchases[1]}), folder / "purchases.parquet")
         pq.write_table(
             pa.table({"idx": self.bumps[0], "day": self.bumps[1], "value": self.bumps[2]}),
             folder / "bumps.parquet",
@@ -132,9 +130,7 @@ class Truth:
                 if sel.any():
                     bump += np.bincount(bidx[sel], weights=bval[sel], minlength=len(bump))
             h = dyn.hazard(tr, bump, st["n_orders"])
-            days_since = np.where(st["bought"], t - np.nan_to_num(st["last"]), t - tr["signup_day"]).astype(
-                float
-            )
+            days_since = np.where(st["bought"], t - np.nan_to_num(st["last"]), t - tr["signup_day"]).astype(float)
             p_np, p_ns = dyn.day_no_event_probs(tr, cal, t, days_since, st["bought"])
             dead_np += a_np * h
             dead_ns += a_ns * h

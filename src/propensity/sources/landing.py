@@ -47,9 +47,7 @@ def _from_text(tc: TableContract, df: pl.DataFrame, where: str) -> pa.Table:
         if c.name not in df.columns:
             exprs.append(pl.lit(None).alias(c.name))
         elif c.dtype == "timestamp":
-            exprs.append(
-                pl.col(c.name).cast(pl.String).str.to_datetime(time_zone="UTC", time_unit="us", strict=True)
-            )
+            exprs.append(pl.col(c.name).cast(pl.String).str.to_datetime(time_zone="UTC", time_unit="us", strict=True))
         elif c.dtype == "date":
             exprs.append(pl.col(c.name).cast(pl.String).str.to_date("%Y-%m-%d", strict=True))
     try:
@@ -99,7 +97,5 @@ def read_fx(store: Store, day: date) -> pa.Table:
     key = fx_key(day)
     if not store.exists(key):
         return FX_RATES.empty()
-    df = pl.read_csv(
-        io.BytesIO(store.get_bytes(key)), schema_overrides={"date": pl.String, "rate": pl.Float64}
-    )
+    df = pl.read_csv(io.BytesIO(store.get_bytes(key)), schema_overrides={"date": pl.String, "rate": pl.Float64})
     return _from_text(FX_RATES, df, f"{store.uri}/{key}")

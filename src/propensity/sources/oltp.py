@@ -92,9 +92,7 @@ class ShopDB:
         """
         tables = {}
         for name, frame in data.items():
-            table = (
-                frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-            )
+            table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
             tables[name] = contract(name).conform(table)
         with self._raw() as conn:
             cur = conn.cursor()
