@@ -70,3 +70,22 @@ def make_shop(home, dirt: DirtConfig = CLEAN, **overrides) -> Settings:
 def clean_shop(tmp_path_factory) -> Settings:
     """A clean (dirt-off) simulated shop shared by read-only tests."""
     return make_shop(tmp_path_factory.mktemp("clean_shop"))
+
+
+@pytest.fixture(scope="session")
+def clean_zone(clean_shop) -> Settings:
+    """The clean shop collected into raw and validated into clean (Data Docs off for speed)."""
+    from datetime import timedelta
+
+    from propensity.collect import collect
+    from propensity.lake import Lake
+    from propensity.validation import Gate
+
+    s = clean_shop.model_copy(update={"validation": clean_shop.validation.model_copy(update={"docs": False})})
+    lake = Lake.open(s.lake_uri)
+    days = [SMALL_SHOP["start"] + timedelta(days=i) for i in range(SMALL_SHOP["days"])]
+    if not lake.partitions("raw", "orders"):
+        collect(s, days[0], days[-1])
+    if len(lake.partitions("clean", "orders")) < len(days):
+        Gate(s).validate(days)
+    return s

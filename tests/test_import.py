@@ -83,9 +83,7 @@ def test_online_retail_counts(tmp_path: Path) -> None:
     with db.engine.connect() as conn:  # order_items is 400k rows: check in SQL
         min_qty = conn.execute(sa.text("SELECT min(quantity) FROM order_items")).scalar_one()
         orphans = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM order_items WHERE product_id NOT IN (SELECT product_id FROM products)"
-            )
+            sa.text("SELECT count(*) FROM order_items WHERE product_id NOT IN (SELECT product_id FROM products)")
         ).scalar_one()
     assert min_qty > 0  # cancellations stored as absolute quantities
     assert orphans == 0

@@ -64,8 +64,17 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     trainer = Trainer(shop)
     report = trainer.train(["churn"])
     r = report["tasks"]["churn"]
-    assert set(r) >= {"test_auc", "test_pr_auc", "ece", "baseline_auc", "oracle_auc", "n_train", "n_test",
-                      "model_version", "promoted"}
+    assert set(r) >= {
+        "test_auc",
+        "test_pr_auc",
+        "ece",
+        "baseline_auc",
+        "oracle_auc",
+        "n_train",
+        "n_test",
+        "model_version",
+        "promoted",
+    }
     assert r["model_version"] == "1" and r["promoted"] is True
     assert r["test_auc"] > 0.7 and r["oracle_auc"] is not None and r["oracle_auc"] >= r["test_auc"] - 0.05
     assert r["test_auc"] > max(v for v in r["baseline_auc"].values() if v is not None) - 0.02
@@ -114,3 +123,25 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
 
     write_report(report, tmp_path / "report.json")
     assert json.loads((tmp_path / "report.json").read_text())["tasks"]["churn"]["model_version"] == "1"
+
+
+def test_optuna_tuning_is_bounded_and_reproducible(clean_zone):
+    clean_shop = clean_zone
+    s = clean_shop.model_copy(
+        update={
+            "models": clean_shop.models.model_copy(
+                update={"tuning_trials": 4, "tuning_seconds": 120, "max_rounds": 200, "early_stopping_rounds": 20}
+            )
+        }
+    )
+    fits = []
+    for _ in range(2):
+        t = Trainer(s)
+        plan = t.plans(["conversion"], None)["conversion"]
+        fr = t.frames("conversion", plan, ["conversion"])
+        model, _ = t.fit(fr)
+        fits.append((t.last_params, model.predict_proba(model_input(fr.test, model.features))))
+    (p1, s1), (p2, s2) = fits
+    assert p1 == p2, "same seed, same tuned parameters"
+    assert p1["num_leaves"] != s.models.num_leaves or p1["learning_rate"] != s.models.learning_rate
+    np.testing.assert_array_equal(s1, s2)

@@ -226,8 +226,9 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="YAML configuration file (also: $PROPENSITY_CONFIG)")
-    common.add_argument("-v", "--verbose", action="store_true")
+    # SUPPRESS: a subcommand's defaults must not overwrite what was given before the subcommand
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML file (also: $PROPENSITY_CONFIG)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     p = argparse.ArgumentParser(prog="propensity", description=__doc__, parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -286,13 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if getattr(args, "end", "unset") is None and hasattr(args, "start"):
         args.end = args.start
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(getattr(args, "config", None))
         return COMMANDS[args.command](settings, args)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"propensity {args.command}: error: {exc}", file=sys.stderr)

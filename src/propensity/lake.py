@@ -120,6 +120,10 @@ class Lake:
                 found.append(dict(s.split("=", 1) for s in segs))
         return sorted(found, key=lambda p: tuple(p.values()))
 
+    def files(self, zone: str, table: str, parts: Mapping[str, str]) -> list[str]:
+        """Paths (in :attr:`Store.arrow_fs`) of the files a partition's manifest lists; [] if unpublished."""
+        return self._files(zone, table, parts)
+
     def _files(self, zone: str, table: str, parts: Mapping[str, str]) -> list[str]:
         doc = self.manifest(zone, table, parts)
         if doc is None:

@@ -139,7 +139,8 @@ def sessions_of(events: pl.DataFrame) -> pl.DataFrame:
     """Events reduced to one row per session of a known customer."""
     et = pl.col("event_type")
     return (
-        events.filter(pl.col(KEY).is_not_null())
+        events.lazy()
+        .filter(pl.col(KEY).is_not_null())
         .group_by("session_id")
         .agg(
             pl.col(KEY).first(),
@@ -154,6 +155,7 @@ def sessions_of(events: pl.DataFrame) -> pl.DataFrame:
             pl.col("dwell_seconds").sum().alias("dwell"),
             pl.col("device").first().alias("device"),
         )
+        .collect()
     )
 
 
@@ -162,7 +164,7 @@ def behaviour_features(sessions: pl.DataFrame, t: datetime) -> pl.DataFrame:
     for w in BEHAVIOUR_WINDOWS:
         inw = pl.col("start") >= _since(t, w)
         for name, col in SESSION_COUNTS.items():
-            expr = inw.sum() if col is None else pl.col(col).filter(inw).sum()
+            expr = inw.sum() if col is None else pl.when(inw).then(pl.col(col)).otherwise(0).sum()
             aggs.append(expr.alias(f"{name}_{w}d"))
     for w in (30, 90):
         inw = pl.col("start") >= _since(t, w)

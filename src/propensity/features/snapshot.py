@@ -22,7 +22,7 @@ import polars as pl
 from propensity.config import Settings
 from propensity.features.build import compute_features
 from propensity.features.catalogue import feature_checks
-from propensity.features.inputs import ShopData
+from propensity.features.inputs import USED_COLUMNS, ShopData
 from propensity.features.labels import labels, population
 from propensity.features.profiles import build_profiles
 from propensity.lake import Lake
@@ -78,7 +78,7 @@ class SnapshotBuilder:
     @property
     def data(self) -> ShopData:
         if self.data_ is None:
-            self.data_ = ShopData.load(self.lake)
+            self.data_ = ShopData.load(self.lake, columns=USED_COLUMNS)
         return self.data_
 
     @property

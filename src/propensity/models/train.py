@@ -185,12 +185,27 @@ class Trainer:
             "seed": m.seed,
             "deterministic": True,
             "force_row_wise": True,
+            "feature_pre_filter": False,  # lets tuning vary min_data_in_leaf on one Dataset
             "num_threads": m.threads,
             "verbosity": -1,
         }
         xt, xv = encoder.transform(x_train).astype("float64"), encoder.transform(x_valid).astype("float64")
         dtrain = lgb.Dataset(xt, y_train, categorical_feature=cats, free_raw_data=False)
         dvalid = lgb.Dataset(xv, y_valid, categorical_feature=cats, reference=dtrain)
+        if m.tuning_trials > 0:
+            params.update(
+                tune(
+                    params,
+                    dtrain,
+                    dvalid,
+                    m.tuning_trials,
+                    m.tuning_seconds,
+                    m.max_rounds,
+                    m.early_stopping_rounds,
+                    m.seed,
+                )
+            )
+        self.last_params = params
         booster = lgb.train(
             params,
             dtrain,
@@ -272,8 +287,9 @@ class Trainer:
                 "n_features": len(r.model.features),
                 "best_iteration": r.best_iteration,
                 "calibration": r.model.calibrator.kind,
+                "tuning_trials": m.tuning_trials,
                 **{
-                    k: getattr(m, k)
+                    k: getattr(self, "last_params", {}).get(k, getattr(m, k))  # tuned values when tuning ran
                     for k in (
                         "learning_rate",
                         "num_leaves",
@@ -392,6 +408,56 @@ class Trainer:
         report = {"tasks": {n: r.report() for n, r in results.items()}, "parent_run_id": parent.info.run_id}
         self.results = results
         return report
+
+
+def tune(
+    base: dict[str, Any],
+    dtrain: lgb.Dataset,
+    dvalid: lgb.Dataset,
+    trials: int,
+    seconds: float,
+    max_rounds: int,
+    early_stopping: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Optuna TPE search of the tree shape and regularisation, pruning hopeless trials on validation AUC."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {
+            **base,
+            "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+            "num_leaves": trial.suggest_int("num_leaves", 7, 127, log=True),
+            "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 20, 500, log=True),
+            "feature_fraction": trial.suggest_float("feature_fraction", 0.4, 1.0),
+            "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
+            "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 30.0, log=True),
+        }
+
+        def prune(env: lgb.callback.CallbackEnv) -> None:
+            if env.iteration % 25 == 0 and env.evaluation_result_list:
+                trial.report(env.evaluation_result_list[0][2], env.iteration)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+
+        booster = lgb.train(
+            params, dtrain, num_boost_round=max_rounds, valid_sets=[dvalid],
+            callbacks=[lgb.early_stopping(early_stopping, verbose=False), prune],
+        )  # fmt: skip
+        return float(booster.best_score["valid_0"]["auc"])
+
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=50),
+    )
+    study.optimize(objective, n_trials=trials, timeout=seconds)
+    log.info(
+        "tuning: %d trials, best validation AUC %.4f with %s", len(study.trials), study.best_value, study.best_params
+    )
+    return dict(study.best_params)
 
 
 def _truncate(booster: lgb.Booster) -> lgb.Booster:
