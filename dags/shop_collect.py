@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, task
+from airflow.sdk import CronDataIntervalTimetable, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from propensity.contracts import TABLES
@@ -36,6 +36,7 @@ from propensity.orchestration import (
     run_days,
     selected_tables,
     summarize,
+    table_range_params,
 )
 
 # DAG files are imported under a mangled module name ("unusual_prefix_<hash>_shop_collect"),
@@ -56,31 +57,7 @@ def collect_task_id(table: str) -> str:
     tags=["propensity", "collect", "raw"],
     default_args=default_task_args(),
     doc_md=__doc__,
-    params={
-        "tables": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "string", "enum": list(TABLES)},
-            uniqueItems=True,
-            examples=list(TABLES),
-            title="Tables",
-            description="Tables to collect; empty collects all of them.",
-        ),
-        "start": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Start date",
-            description="First UTC day to collect (inclusive); overrides the run's data interval.",
-        ),
-        "end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="End date",
-            description="Last UTC day to collect (inclusive); defaults to the start date.",
-        ),
-    },
+    params=table_range_params("collect", "the run's data interval"),
 )
 def shop_collect():
     @task(**io_task_args())

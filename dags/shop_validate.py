@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from propensity.contracts import TABLES
@@ -54,6 +54,7 @@ from propensity.orchestration import (
     io_task_args,
     raw_asset,
     selected_tables,
+    table_range_params,
     validation_days,
     validation_extra,
 )
@@ -82,31 +83,7 @@ def validate_task_id(table: str) -> str:
     tags=["propensity", "validate", "clean"],
     default_args=default_task_args(),
     doc_md=__doc__,
-    params={
-        "tables": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "string", "enum": list(TABLES)},
-            uniqueItems=True,
-            examples=list(TABLES),
-            title="Tables",
-            description="Tables to validate; empty validates all of them.",
-        ),
-        "start": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Start date",
-            description="First UTC day to validate (inclusive); overrides the dates of the triggering asset events.",
-        ),
-        "end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="End date",
-            description="Last UTC day to validate (inclusive); defaults to the start date.",
-        ),
-    },
+    params=table_range_params("validate", "the dates of the triggering asset events"),
 )
 def shop_validate():
     @task(**io_task_args())

@@ -532,3 +532,38 @@ def validation_extra(outcomes: Iterable[Any]) -> dict[str, Any]:
         "rows_clean": sum(int(o.rows_clean) for o in outcomes),
         "rows_quarantined": sum(int(o.rows_quarantined) for o in outcomes),
     }
+
+
+def table_range_params(verb: str, start_overrides: str) -> dict[str, Any]:
+    """The trigger-form Params shared by the per-table DAGs: which tables, and an optional date range.
+
+    ``verb`` ("collect", "validate") and ``start_overrides`` (what an explicit start replaces)
+    only change the descriptions users read in the form.
+    """
+    from airflow.sdk import Param
+
+    return {
+        "tables": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string", "enum": list(TABLES)},
+            uniqueItems=True,
+            examples=list(TABLES),
+            title="Tables",
+            description=f"Tables to {verb}; empty means all of them.",
+        ),
+        "start": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Start date",
+            description=f"First UTC day to {verb} (inclusive); overrides {start_overrides}.",
+        ),
+        "end": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="End date",
+            description=f"Last UTC day to {verb} (inclusive); defaults to the start date.",
+        ),
+    }
