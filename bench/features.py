@@ -220,7 +220,7 @@ CHILD = """
 import json, resource, sys, time
 from datetime import UTC, datetime
 from propensity.features.build import compute_features
-from propensity.features.inputs import ShopData
+from propensity.features.inputs import USED_COLUMNS, ShopData
 from propensity.lake import Lake
 
 def peak_mb():
@@ -229,7 +229,7 @@ def peak_mb():
 lake_uri, snapshot, base, out = sys.argv[1:]
 t = datetime.fromisoformat(snapshot).replace(tzinfo=UTC)
 t0 = time.perf_counter()
-data = ShopData.load(Lake.open(lake_uri), zone="raw")
+data = ShopData.load(Lake.open(lake_uri), zone="raw", columns=USED_COLUMNS)  # as SnapshotBuilder loads it
 t1 = time.perf_counter()
 rss_load = peak_mb()
 past = data.as_of(t)

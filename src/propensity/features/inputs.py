@@ -77,6 +77,15 @@ USED_COLUMNS: dict[str, list[str]] = {
 }
 
 
+#: low-cardinality event columns kept as dictionary-encoded categoricals: the events table is most of the memory
+COMPACT_COLUMNS = {"events": ("event_type", "device")}
+
+
+def _compact(name: str, df: pl.DataFrame) -> pl.DataFrame:
+    cols = [c for c in COMPACT_COLUMNS.get(name, ()) if c in df.columns]
+    return df.with_columns(pl.col(c).cast(pl.Categorical) for c in cols) if cols else df
+
+
 def _empty(name: str) -> pl.DataFrame:
     df = pl.from_arrow(contract(name).empty())
     assert isinstance(df, pl.DataFrame)
@@ -114,7 +123,8 @@ class ShopData:
         for name in TABLE_NAMES:
             cols = (columns or {}).get(name)
             df = _read_polars(lake, zone, name, cols)
-            frames[name] = df if df is not None and df.height else _empty(name).select(cols or pl.all())
+            df = df if df is not None and df.height else _empty(name).select(cols or pl.all())
+            frames[name] = _compact(name, df)
         return cls(**frames)
 
     @classmethod
