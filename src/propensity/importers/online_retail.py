@@ -29,17 +29,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from propensity.codes import ISO_COUNTRIES
 from propensity.importers.orders import (
     ImportDataError,
     ImportReport,
     build_customers,
     list_prices,
+    load_and_report,
     most_frequent,
     normalize_ids,
     parse_numbers,
     parse_times,
-    replace_oltp,
 )
 from propensity.sources.oltp import ShopDB
 
@@ -169,20 +168,4 @@ def import_online_retail(path: str | Path, db: ShopDB, *, tz: str = "UTC") -> Im
 
     customers = build_customers(lines.customer_id, lines.t, raw["Country"], CURRENCY, default_country=NO_COUNTRY)
 
-    counts = replace_oltp(
-        db, {"customers": customers, "products": products, "orders": orders, "order_items": items}, path
-    )
-    return ImportReport(
-        source=str(path),
-        lines_in=lines_in,
-        lines_dropped_no_customer=dropped,
-        customers=counts["customers"],
-        orders=counts["orders"],
-        cancelled_orders=int((orders.status == "cancelled").sum()),
-        order_items=counts["order_items"],
-        products=counts["products"],
-        first_order_time=orders.order_time.min().to_pydatetime() if len(orders) else None,
-        last_order_time=orders.order_time.max().to_pydatetime() if len(orders) else None,
-        unknown_countries=int((~customers.country.isin(ISO_COUNTRIES)).sum()),
-        seconds=time.perf_counter() - t0,
-    )
+    return load_and_report(db, path, customers, products, orders, items, lines_in, dropped, t0)

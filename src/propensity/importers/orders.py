@@ -313,6 +313,37 @@ def replace_oltp(db: ShopDB, frames: Mapping[str, pd.DataFrame], source: str | P
     return db.replace(tables)
 
 
+def load_and_report(
+    db: ShopDB,
+    path: str | Path,
+    customers: pd.DataFrame,
+    products: pd.DataFrame,
+    orders: pd.DataFrame,
+    items: pd.DataFrame,
+    lines_in: int,
+    dropped: int,
+    t0: float,
+) -> ImportReport:
+    """Replace the shop's OLTP contents with the imported tables and report what landed (every importer ends here)."""
+    counts = replace_oltp(
+        db, {"customers": customers, "products": products, "orders": orders, "order_items": items}, path
+    )
+    return ImportReport(
+        source=str(path),
+        lines_in=lines_in,
+        lines_dropped_no_customer=dropped,
+        customers=counts["customers"],
+        orders=counts["orders"],
+        cancelled_orders=int((orders.status == "cancelled").sum()),
+        order_items=counts["order_items"],
+        products=counts["products"],
+        first_order_time=orders.order_time.min().to_pydatetime() if len(orders) else None,
+        last_order_time=orders.order_time.max().to_pydatetime() if len(orders) else None,
+        unknown_countries=int((~customers.country.isin(ISO_COUNTRIES)).sum()),
+        seconds=time.perf_counter() - t0,
+    )
+
+
 # --------------------------------------------------------------------------- generic import
 
 
@@ -536,20 +567,4 @@ def import_orders(
         lines.currency if "currency" in cols else currency,
         default_country,
     )
-    counts = replace_oltp(
-        db, {"customers": customers, "products": products, "orders": orders, "order_items": items}, path
-    )
-    return ImportReport(
-        source=str(path),
-        lines_in=lines_in,
-        lines_dropped_no_customer=dropped,
-        customers=counts["customers"],
-        orders=counts["orders"],
-        cancelled_orders=int((orders.status == "cancelled").sum()),
-        order_items=counts["order_items"],
-        products=counts["products"],
-        first_order_time=orders.order_time.min().to_pydatetime() if len(orders) else None,
-        last_order_time=orders.order_time.max().to_pydatetime() if len(orders) else None,
-        unknown_countries=int((~customers.country.isin(ISO_COUNTRIES)).sum()),
-        seconds=time.perf_counter() - t0,
-    )
+    return load_and_report(db, path, customers, products, orders, items, lines_in, dropped, t0)
