@@ -103,38 +103,47 @@ SNAPSHOT_EXECUTION_TIMEOUT = timedelta(hours=4)
 # Assets ---------------------------------------------------------------------------------
 
 
+def table_asset_name(zone: str, table: str) -> str:
+    """Airflow Asset name of a table in a lake zone, e.g. ``raw.orders``, ``clean.orders``."""
+    return f"{zone}.{contract(table).name}"
+
+
+def table_asset_uri(zone: str, table: str) -> str:
+    """Stable, deployment-independent Asset URI, e.g. ``propensity://raw/orders``."""
+    return f"{ASSET_SCHEME}://{zone}/{contract(table).name}"
+
+
+def table_asset(zone: str, table: str) -> Asset:
+    """The Airflow ``Asset`` of a table in a zone (imports Airflow lazily)."""
+    from airflow.sdk import Asset
+
+    return Asset(name=table_asset_name(zone, table), uri=table_asset_uri(zone, table), group=zone)
+
+
 def raw_asset_name(table: str) -> str:
-    """Airflow Asset name of a raw table, e.g. ``raw.orders``."""
-    return f"{RAW_ZONE}.{contract(table).name}"
+    return table_asset_name(RAW_ZONE, table)
 
 
 def raw_asset_uri(table: str) -> str:
-    """Stable, deployment-independent Asset URI of a raw table, e.g. ``propensity://raw/orders``."""
-    return f"{ASSET_SCHEME}://{RAW_ZONE}/{contract(table).name}"
+    return table_asset_uri(RAW_ZONE, table)
 
 
 def raw_asset(table: str) -> Asset:
-    """The Airflow ``Asset`` a collect task declares as outlet (imports Airflow lazily)."""
-    from airflow.sdk import Asset
-
-    return Asset(name=raw_asset_name(table), uri=raw_asset_uri(table), group=RAW_ZONE)
+    """What a collect task declares as outlet."""
+    return table_asset(RAW_ZONE, table)
 
 
 def clean_asset_name(table: str) -> str:
-    """Airflow Asset name of a validated table, e.g. ``clean.orders``."""
-    return f"{CLEAN_ZONE}.{contract(table).name}"
+    return table_asset_name(CLEAN_ZONE, table)
 
 
 def clean_asset_uri(table: str) -> str:
-    """Stable Asset URI of a validated table, e.g. ``propensity://clean/orders``."""
-    return f"{ASSET_SCHEME}://{CLEAN_ZONE}/{contract(table).name}"
+    return table_asset_uri(CLEAN_ZONE, table)
 
 
 def clean_asset(table: str) -> Asset:
-    """The Airflow ``Asset`` a validate task declares as outlet (imports Airflow lazily)."""
-    from airflow.sdk import Asset
-
-    return Asset(name=clean_asset_name(table), uri=clean_asset_uri(table), group=CLEAN_ZONE)
+    """What a validate task declares as outlet."""
+    return table_asset(CLEAN_ZONE, table)
 
 
 def features_asset_name() -> str:
