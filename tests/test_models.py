@@ -9,7 +9,7 @@ import boto3
 import mlflow
 import numpy as np
 import pytest
-from conftest import CLEAN
+from conftest import CLEAN, ONLINE_SHOPPERS
 from mlflow import MlflowClient
 
 from propensity.collect import collect
@@ -145,3 +145,13 @@ def test_optuna_tuning_is_bounded_and_reproducible(clean_zone):
     assert p1 == p2, "same seed, same tuned parameters"
     assert p1["num_leaves"] != s.models.num_leaves or p1["learning_rate"] != s.models.learning_rate
     np.testing.assert_array_equal(s1, s2)
+
+
+@pytest.mark.skipif(not ONLINE_SHOPPERS.exists(), reason="Online Shoppers dataset not present in ../shared/datasets")
+def test_online_shoppers_conversion_sanity(tmp_path):
+    from propensity.models.sessions import online_shoppers_check
+
+    m = online_shoppers_check(Settings(home=tmp_path), ONLINE_SHOPPERS)
+    assert m["n_test"] == 3083  # stratified 25% of 12,330 sessions
+    assert m["auc"] >= 0.90, f"session conversion AUC {m['auc']:.4f}; the best published figure is 0.937"
+    assert m["ece"] < 0.05

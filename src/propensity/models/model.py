@@ -20,14 +20,15 @@ import numpy as np
 import pandas as pd
 
 
-def model_input(df: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+def model_input(df: pd.DataFrame, features: list[str], categorical: set[str] | None = None) -> pd.DataFrame:
     """The frame a model consumes: its features, numbers as float64, categories as strings (or None).
 
     One canonical input type keeps the MLflow signature stable between training and scoring.
+    ``categorical`` defaults to the feature catalogue's categorical features.
     """
     from propensity.features.catalogue import categorical_features
 
-    cats = set(categorical_features())
+    cats = set(categorical_features()) if categorical is None else categorical
     missing = [c for c in features if c not in df.columns]
     if missing:
         raise ValueError(f"model input is missing feature column(s): {', '.join(missing)}")

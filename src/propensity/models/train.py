@@ -160,11 +160,14 @@ class Trainer:
 
     # model --------------------------------------------------------------------------------
 
-    def fit(self, fr: TaskFrames) -> tuple[PropensityModel, int]:
+    def fit(
+        self, fr: TaskFrames, features: list[str] | None = None, categorical: list[str] | None = None
+    ) -> tuple[PropensityModel, int]:
+        """Fit booster + calibrator; ``features``/``categorical`` default to the feature catalogue."""
         m = self.settings.models
-        feats = feature_names()
-        cats = [c for c in categorical_features() if c in feats]
-        x_train, x_valid = model_input(fr.train, feats), model_input(fr.valid, feats)
+        feats = features or feature_names()
+        cats = [c for c in (categorical if categorical is not None else categorical_features()) if c in feats]
+        x_train, x_valid = model_input(fr.train, feats, set(cats)), model_input(fr.valid, feats, set(cats))
         encoder = CategoryEncoder.fit(x_train, cats)
         y_train, y_valid = fr.train["label"].to_numpy(), fr.valid["label"].to_numpy()
         if len(np.unique(y_train)) < 2 or len(np.unique(y_valid)) < 2:
