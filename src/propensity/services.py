@@ -180,7 +180,28 @@ def postgres_available() -> str | None:
     return None
 
 
-class PostgresServer:
+class _Service:
+    """``with Server() as s:`` starts on entry and stops on exit, for every server below."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PostgresServer(_Service):
     """A private, disposable PostgreSQL cluster on 127.0.0.1.
 
     ``initdb`` creates a fresh cluster in a temporary directory, configured for tests:
@@ -311,17 +332,6 @@ class PostgresServer:
                 self._stop_cluster()
         finally:
             self._discard()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- databases
 
@@ -490,7 +500,7 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 # --------------------------------------------------------------------------------- S3
 
 
-class S3Server:
+class S3Server(_Service):
     """moto's S3-compatible server as a real HTTP endpoint on 127.0.0.1.
 
     It runs as a subprocess of the current interpreter (``sys.executable -m moto.server``),
@@ -573,17 +583,6 @@ class S3Server:
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
         with _OPENER.open(request, timeout=10):
             pass
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     name = "moto server"
 

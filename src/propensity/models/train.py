@@ -228,20 +228,19 @@ class Trainer:
         truth_dir = self.settings.truth_dir
         if not (truth_dir / "meta.json").exists():
             return None
-        from propensity.simulate.oracle import TASK_ORACLE_COLUMN, Truth
+        from propensity.simulate.oracle import Truth
 
-        col = (
-            "p_inactive"
-            if self.settings.tasks[task].label == "inactive"
-            else TASK_ORACLE_COLUMN.get(task, "p_purchase")
-        )
+        col = "p_inactive" if self.settings.tasks[task].label == "inactive" else "p_purchase"
         probs = Truth.read(truth_dir).probabilities(plan.test, plan.horizon_days).to_pandas()
         joined = test[["customer_id", "label"]].merge(probs, on="customer_id", how="inner")
         if len(joined) < 0.9 * len(test):  # a different shop than the one simulated
             return None
         return safe_auc(joined["label"].to_numpy(), joined[col].to_numpy())
 
-    def train_task(self, task: str, plan: SnapshotPlan, tasks: list[str]) -> TaskResult:
+    def train_task(
+        self, task: str, plan: SnapshotPlan, tasks: list[str]
+    ) -> tuple[TaskResult, TaskFrames, dict[str, np.ndarray]]:
+        """Fit and evaluate one task; also returns its frames and baseline scores for logging."""
         t0 = time.perf_counter()
         fr = self.frames(task, plan, tasks)
         model, best = self.fit(fr)
@@ -272,8 +271,7 @@ class Trainer:
             model=model,
             test_scores=p,
         )
-        self._frames_cache = (fr, base_scores)
-        return result
+        return result, fr, base_scores
 
     # MLflow -------------------------------------------------------------------------------
 
@@ -388,8 +386,7 @@ class Trainer:
             mlflow.log_params({"tasks": ",".join(names), "as_of": str(as_of) if as_of else "latest"})
             for name in names:
                 with mlflow.start_run(run_name=name, nested=True) as child:
-                    r = self.train_task(name, plans[name], names)
-                    fr, base_scores = self._frames_cache
+                    r, fr, base_scores = self.train_task(name, plans[name], names)
                     r.run_id = child.info.run_id
                     self.log_task(r, fr, base_scores, register)
                     results[name] = r

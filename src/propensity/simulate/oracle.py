@@ -147,8 +147,5 @@ class Truth:
         )
 
 
-TASK_ORACLE_COLUMN = {"conversion": "p_purchase", "repurchase": "p_purchase", "churn": "p_inactive"}
-
-
 def oracle_probabilities(truth_dir: Path, snapshot: date, horizon: int) -> pa.Table:
     return Truth.read(Path(truth_dir)).probabilities(snapshot, horizon)
