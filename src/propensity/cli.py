@@ -11,12 +11,12 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from propensity.config import Settings, load_settings
 
-STAGES = ("collect", "validate", "features", "train")
+STAGES = ("collect", "validate", "features", "train", "score", "audiences")
 
 
 def _date(text: str) -> date:
@@ -180,6 +180,48 @@ def cmd_train(s: Settings, a: argparse.Namespace, builder=None, snapshots=None) 
     return 0
 
 
+def cmd_score(s: Settings, a: argparse.Namespace, builder=None) -> int:
+    """Score every task's eligible population at ``--date`` with the champions."""
+    from propensity.scoring import score
+
+    run = score(s, a.date, a.tasks, builder=builder)
+    for line in run.summary():
+        print(line)
+    print(f"-> {s.lake_uri}/scores/task=*/dt={a.date}")
+    return 0
+
+
+def cmd_audiences(s: Settings, a: argparse.Namespace) -> int:
+    """Build (and publish, unless --dry-run) the declared audiences at ``--date``."""
+    from propensity.audiences import build
+
+    run = build(s, a.date, a.audiences, dry_run=a.dry_run)
+    print(run.table())
+    warned = sum(len(c.warnings) for c in run.compositions)
+    if warned:
+        print(f"{warned} composition warning(s), see the log and reports/audiences/dt={a.date}/composition.md")
+    if a.dry_run:
+        print("dry run: nothing published")
+    else:
+        for name, uri in run.exports.items():
+            print(f"export {name}: {uri}")
+        print(f"members: {s.lake_uri}/audiences/audience=*/dt={a.date}; composition: {s.lake_uri}/reports/audiences")
+    return 0
+
+
+def cmd_measure(s: Settings, a: argparse.Namespace) -> int:
+    """Treatment vs control after a send: uplift with confidence intervals, revenue and ROI."""
+    import json
+
+    from propensity.audiences.measure import measure
+
+    u = measure(s, a.audience, a.date, a.window, a.contact_cost, a.margin)
+    print(u.summary())
+    if a.report:
+        Path(a.report).write_text(json.dumps(u.to_dict(), indent=2))
+    return 0
+
+
 def cmd_promote(s: Settings, a: argparse.Namespace) -> int:
     from propensity.models.registry import promote
 
@@ -207,7 +249,14 @@ def cmd_run(s: Settings, a: argparse.Namespace) -> int:
     if "features" in stages:
         builder, _, snaps = build_planned_snapshots(s, a.tasks, a.as_of)
     if "train" in stages:
-        return cmd_train(s, a, builder, snaps)
+        rc = cmd_train(s, a, builder, snaps)
+        if rc:
+            return rc
+    day = a.end + timedelta(days=1)  # the snapshot that sees every collected day
+    if "score" in stages:
+        cmd_score(s, argparse.Namespace(date=day, tasks=a.tasks), builder)
+    if "audiences" in stages:
+        return cmd_audiences(s, argparse.Namespace(date=day, audiences=None, dry_run=a.dry_run))
     return 0
 
 
@@ -218,6 +267,9 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "features": cmd_features,
     "train": cmd_train,
+    "score": cmd_score,
+    "audiences": cmd_audiences,
+    "measure": cmd_measure,
     "promote": cmd_promote,
     "rollback": cmd_rollback,
     "run": cmd_run,
@@ -268,6 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--as-of", type=_date, help="test snapshot (default: the latest fully labelled)")
     tr.add_argument("--report", help="write the JSON report here")
 
+    sc = sub.add_parser("score", parents=[common], help="score every eligible customer with the champions")
+    sc.add_argument("--date", type=_date, required=True, help="snapshot date: data before this day")
+    sc.add_argument("--tasks", nargs="+")
+
+    au = sub.add_parser("audiences", parents=[common], help="build campaign audiences from the day's scores")
+    au.add_argument("--date", type=_date, required=True)
+    au.add_argument("--audiences", nargs="+", help="only these (default: all declared)")
+    au.add_argument("--dry-run", action="store_true", help="compute and report, publish nothing")
+
+    me = sub.add_parser("measure", parents=[common], help="uplift of an audience: treatment vs control")
+    me.add_argument("--audience", required=True)
+    me.add_argument("--date", type=_date, required=True, help="the audience's date (the send)")
+    me.add_argument("--window", type=int, default=14, help="days after the send")
+    me.add_argument("--contact-cost", type=float, default=0.0, help="cost per treated contact")
+    me.add_argument("--margin", type=float, default=1.0, help="share of revenue that is profit, for ROI")
+    me.add_argument("--report", help="write the JSON result here")
+
     pr = sub.add_parser("promote", parents=[common], help="make a model version the champion")
     pr.add_argument("--task", required=True)
     pr.add_argument("--version", required=True)
@@ -281,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--as-of", type=_date, help="test snapshot (default: the latest fully labelled)")
     run.add_argument("--tasks", nargs="+")
     run.add_argument("--report", help="with --through train: write the JSON report here")
+    run.add_argument("--dry-run", action="store_true", help="with --through audiences: publish no audience")
     return p
 
 

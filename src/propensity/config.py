@@ -45,6 +45,27 @@ class DirtConfig(BaseModel):
         return [name for name, value in self.model_dump().items() if value is True]
 
 
+class ShiftConfig(BaseModel):
+    """An opt-in change of the simulated customers' behaviour from day ``day`` on (drift drills).
+
+    Days before ``day`` are exactly what the same seed gives without a shift; from ``day``
+    on price sensitivity and traffic (volume, device and source mix) change. The truth
+    store keeps the original law: oracle probabilities ignore the shift.
+    """
+
+    day: int = Field(..., ge=0, description="first day (index from the simulation start) with the new behaviour")
+    price_sensitivity: float = Field(
+        1.0, ge=0, description="multiplier on every customer's price sensitivity (clipped to [0, 1])"
+    )
+    sessions: float = Field(1.0, ge=0, description="multiplier on the daily session probability (traffic volume)")
+    device_mix: dict[str, float] | None = Field(
+        None, description="device weights of every session from the shift on, e.g. {app: 0.6, mobile: 0.4}"
+    )
+    traffic_mix: dict[str, float] | None = Field(
+        None, description="traffic source weights of organic sessions from the shift on, e.g. {social: 1.0}"
+    )
+
+
 class SimulationConfig(BaseModel):
     """Defaults for ``propensity simulate``; the command line overrides each."""
 
@@ -54,6 +75,7 @@ class SimulationConfig(BaseModel):
     seed: int = 7
     products: int = 1_500
     dirt: DirtConfig = Field(default_factory=DirtConfig)
+    shift: ShiftConfig | None = Field(None, description="opt-in behaviour shift (drift drills); off by default")
 
 
 class VolumeConfig(BaseModel):
@@ -182,6 +204,49 @@ class ModelConfig(BaseModel):
     experiment: str = "propensity"
 
 
+class ScoringConfig(BaseModel):
+    """Batch scoring from the champion models."""
+
+    batch_rows: int = Field(200_000, ge=1, description="rows per scoring batch: bounds the memory of one batch")
+    reason_codes: int = Field(3, ge=0, le=10, description="top positive SHAP contributions kept per audience member")
+    shards: int = Field(1, ge=1, description="customer hash shards (one mapped Airflow task each)")
+
+
+class AudiencesConfig(BaseModel):
+    """Audience building, suppression and exports; the audiences themselves are declared in YAML."""
+
+    file: Path | None = Field(None, description="audience declarations; default: conf/audiences.yaml of the project")
+    export: str | None = Field(None, description="export location: a folder or s3://bucket/prefix")
+    salt: str | None = Field(
+        None, description="salt of the pseudonymous export ids (set PROPENSITY_AUDIENCES__SALT); never in code"
+    )
+    control_fraction: float = Field(0.10, ge=0, lt=1, description="default holdout share per audience")
+    frequency_cap: int = Field(2, ge=1, description="at most this many contacts per customer ...")
+    frequency_days: int = Field(7, ge=1, description="... in this many days, across campaigns")
+    composition_max_ratio: float = Field(
+        1.5, gt=1, description="warn when a group's share in an audience differs from the base by more than this"
+    )
+    composition_min_share: float = Field(0.02, ge=0, description="groups smaller than this in the base are ignored")
+    crm_db: str | None = Field(
+        None, description="SQLAlchemy URL for the audience_members table; default: the shop DB when PostgreSQL"
+    )
+
+
+class MonitoringConfig(BaseModel):
+    """Drift monitoring: population stability (PSI) of each champion's features and scores.
+
+    A task breaches when at least ``min_drifted_features`` features have a PSI of
+    ``psi_threshold`` or more, or its score PSI reaches ``score_psi_threshold``.
+    """
+
+    psi_threshold: float = Field(0.2, gt=0, description="PSI from which a feature counts as drifted")
+    min_drifted_features: int = Field(3, ge=1, description="drifted features that make a breach")
+    score_psi_threshold: float = Field(0.2, gt=0, description="score PSI that alone makes a breach")
+    bins: int = Field(10, ge=2, le=100, description="quantile bins of a numeric feature's reference")
+    max_categories: int = Field(20, ge=1, description="categories kept per categorical feature; the rest pool")
+    exclude: list[str] = Field(default_factory=list, description="features never monitored")
+
+
 class Settings(BaseSettings):
     """Where everything lives and how the pipeline behaves.
 
@@ -208,6 +273,9 @@ class Settings(BaseSettings):
     tasks: dict[str, TaskConfig] = Field(default_factory=default_tasks)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     models: ModelConfig = Field(default_factory=ModelConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    audiences: AudiencesConfig = Field(default_factory=AudiencesConfig)
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -279,6 +347,23 @@ class Settings(BaseSettings):
     @property
     def artifacts_uri(self) -> str:
         return self.mlflow_artifacts or str(self.home_dir / "mlartifacts")
+
+    @property
+    def audiences_file(self) -> Path:
+        if self.audiences.file is not None:
+            return self.audiences.file.expanduser().resolve()
+        return Path(__file__).resolve().parents[2] / "conf" / "audiences.yaml"
+
+    @property
+    def export_uri(self) -> str:
+        return self.audiences.export or str(self.home_dir / "exports")
+
+    @property
+    def crm_db_url(self) -> str | None:
+        """Where ``audience_members`` goes: explicit, or the shop DB when it is PostgreSQL."""
+        if self.audiences.crm_db:
+            return self.audiences.crm_db
+        return self.shop_db_url if self.shop_db_url.startswith("postgresql") else None
 
     @property
     def airflow_home_dir(self) -> Path:

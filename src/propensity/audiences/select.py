@@ -1,0 +1,184 @@
+"""The rules that always hold, as pure functions over polars frames.
+
+* suppression: global opt-out, no consent for any of the audience's channels, recent
+  purchase (where the audience asks), frequency cap across campaigns - each removed
+  customer is counted under the first reason that applies, in that order;
+* dedup: a customer is in at most one audience per date (priority order);
+* channel: the first channel in the audience's order the customer consented to;
+* control: a deterministic holdout from a hash of customer id + audience + date, so a
+  rerun draws the same control group and different audiences draw independent ones.
+
+The candidate frame has one row per customer with the snapshot features (consents
+included), profile tags and ``<task>_score`` / ``<task>_decile`` columns, plus
+``contacts_recent`` (contacts in the frequency window before the date).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date
+
+import numpy as np
+import polars as pl
+
+from propensity.audiences.spec import CONSENT_COLUMN, AudienceSpec
+
+KEY = "customer_id"
+SUPPRESSION_REASONS = ("global_opt_out", "no_consent", "recent_purchase", "frequency_cap")
+MEMBER_SCHEMA = {
+    "audience": pl.String,
+    "dt": pl.Date,
+    KEY: pl.String,
+    "group": pl.String,
+    "rank": pl.Int64,
+    "channel": pl.String,
+    "offer": pl.String,
+    "offer_cost": pl.Float64,
+    "task": pl.String,
+    "score": pl.Float64,
+    "decile": pl.Int8,
+    "value": pl.Float64,
+    "expected_value": pl.Float64,
+}
+
+
+def control_draw(ids: pl.Series, audience: str, d: date) -> np.ndarray:
+    """Uniform [0, 1) per customer from SHA-256(customer id | audience | date): stable across reruns."""
+    tag = f"|{audience}|{d.isoformat()}".encode()
+    out = np.empty(len(ids), dtype=np.float64)
+    for i, v in enumerate(ids.to_list()):
+        h = hashlib.sha256(str(v).encode() + tag).digest()
+        out[i] = int.from_bytes(h[:8], "big") / 2.0**64
+    return out
+
+
+def _flag(column: str, missing: bool = False) -> pl.Expr:
+    """A 0/1 or boolean feature as a boolean; a missing consent is no consent, a missing opt-out is opted out."""
+    return pl.col(column).cast(pl.Boolean).fill_null(missing)
+
+
+def suppression_reason(c: pl.DataFrame, spec: AudienceSpec, cap: int) -> pl.Series:
+    """The first suppression reason per candidate, or null when the customer may be contacted."""
+    consented = pl.any_horizontal([_flag(CONSENT_COLUMN[ch]) for ch in spec.channels])
+    recent = (
+        pl.col("recency_days").is_not_null() & (pl.col("recency_days") < spec.exclude_purchased_days)
+        if spec.exclude_purchased_days
+        else pl.lit(False)
+    )
+    expr = (
+        pl.when(_flag("global_opt_out", missing=True))
+        .then(pl.lit("global_opt_out"))
+        .when(~consented)
+        .then(pl.lit("no_consent"))
+        .when(recent)
+        .then(pl.lit("recent_purchase"))
+        .when(pl.col("contacts_recent").fill_null(0) >= cap)
+        .then(pl.lit("frequency_cap"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    return c.select(expr.alias("reason"))["reason"]
+
+
+def first_channel(c: pl.DataFrame, channels: list[str]) -> pl.Series:
+    expr = pl.lit(None, pl.String)
+    for ch in reversed(channels):
+        expr = pl.when(_flag(CONSENT_COLUMN[ch])).then(pl.lit(ch)).otherwise(expr)
+    return c.select(expr.alias("channel"))["channel"]
+
+
+@dataclass
+class Selection:
+    """One audience's outcome at one date."""
+
+    spec: AudienceSpec
+    members: pl.DataFrame
+    matched: int = 0
+    deduplicated: int = 0
+    suppressed: dict[str, int] = field(default_factory=dict)
+    capped: int = 0
+
+    @property
+    def treatment(self) -> int:
+        return int((self.members["group"] == "treatment").sum())
+
+    @property
+    def control(self) -> int:
+        return int((self.members["group"] == "control").sum())
+
+
+def select_one(
+    candidates: pl.DataFrame,
+    spec: AudienceSpec,
+    d: date,
+    taken: set[str],
+    cap: int,
+    control_fraction: float,
+) -> Selection:
+    """Rule -> dedup -> suppression -> rank -> size/budget -> control split -> channel."""
+    score, decile = f"{spec.task}_score", f"{spec.task}_decile"
+    for col in (score, decile):
+        if col not in candidates.columns:
+            raise ValueError(f"audience {spec.name!r}: column {col!r}: rule needs_scores: no {spec.task} scores")
+    try:
+        matched = candidates.filter(pl.col(score).is_not_null() & spec.expr().fill_null(False))
+    except pl.exceptions.PolarsError as exc:
+        raise ValueError(f"audience {spec.name!r}: rule {spec.rule!r} cannot be evaluated: {exc}") from exc
+    sel = Selection(spec, pl.DataFrame(schema=MEMBER_SCHEMA), matched=matched.height)
+    fresh = matched.filter(~pl.col(KEY).is_in(list(taken)))
+    sel.deduplicated = matched.height - fresh.height
+    reason = suppression_reason(fresh, spec, cap)
+    sel.suppressed = {r: int((reason == r).sum()) for r in SUPPRESSION_REASONS}
+    ok = fresh.filter(reason.is_null())
+    value = pl.col(spec.value).cast(pl.Float64).fill_null(0.0) if spec.value else pl.lit(None, pl.Float64)
+    ranked = ok.with_columns(value.alias("value")).with_columns(
+        (pl.col(score) * pl.col("value")).alias("expected_value")
+        if spec.value
+        else pl.lit(None, pl.Float64).alias("expected_value")
+    )
+    rank_col = "expected_value" if spec.rank == "expected_value" else score
+    ranked = ranked.sort([rank_col, KEY], descending=[True, False], nulls_last=True)
+    fraction = spec.control_fraction if spec.control_fraction is not None else control_fraction
+    is_control = control_draw(ranked[KEY], spec.name, d) < fraction
+    treat_cap = spec.treatment_cap()
+    keep = np.arange(ranked.height) < spec.max_size
+    if treat_cap is not None:
+        keep &= np.cumsum(~is_control) <= treat_cap
+    # the kept rows are a prefix of the ranking, so the cut is a clean top-N
+    n = int(np.argmin(keep)) if not keep.all() else ranked.height
+    sel.capped = ranked.height - n
+    top = ranked.head(n)
+    members = top.select(
+        pl.lit(spec.name).alias("audience"),
+        pl.lit(d).alias("dt"),
+        pl.col(KEY),
+        pl.Series("group", np.where(is_control[:n], "control", "treatment")),
+        pl.int_range(1, n + 1, dtype=pl.Int64).alias("rank"),
+        first_channel(top, spec.channels).alias("channel"),
+        pl.lit(spec.offer.code).alias("offer"),
+        pl.lit(spec.offer.cost).alias("offer_cost"),
+        pl.lit(spec.task).alias("task"),
+        pl.col(score).alias("score"),
+        pl.col(decile).cast(pl.Int8).alias("decile"),
+        pl.col("value"),
+        pl.col("expected_value"),
+    )
+    sel.members = members.cast(MEMBER_SCHEMA)  # type: ignore[arg-type]
+    return sel
+
+
+def select_all(
+    candidates: pl.DataFrame,
+    specs: list[AudienceSpec],
+    d: date,
+    cap: int,
+    control_fraction: float,
+) -> list[Selection]:
+    """Every audience in priority order; earlier audiences take their members (control included) first."""
+    taken: set[str] = set()
+    out = []
+    for spec in specs:
+        sel = select_one(candidates, spec, d, taken, cap, control_fraction)
+        taken.update(sel.members[KEY].to_list())
+        out.append(sel)
+    return out
