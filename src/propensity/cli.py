@@ -54,7 +54,7 @@ def cmd_simulate(s: Settings, a: argparse.Namespace) -> int:
     dirt = s.simulation.dirt
     if a.dirt_rate is not None:
         dirt = DirtConfig(**{**dirt.model_dump(), "rate": a.dirt_rate})
-    report = simulate(s, a.customers, a.days, a.start, a.seed, dirt)
+    report = simulate(s, a.customers, a.days, a.start, a.seed, dirt, until=a.until, campaigns=a.campaigns)
     print(report.summary())
     print(f"sources: {s.shop_db_url} | {s.landing_uri} | {s.drops_uri}; truth: {s.truth_dir}")
     return 0
@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--start", type=_date)
     sim.add_argument("--seed", type=int)
     sim.add_argument("--dirt-rate", type=float, help="0 switches dirt off")
+    sim.add_argument("--until", type=_date, help="last day the shop's systems show (the world runs to --days)")
+    sim.add_argument(
+        "--campaigns", action="store_true", help="send the audiences published in the lake; the shop responds"
+    )
 
     imp = sub.add_parser("import", parents=[common], help="load real data into the source tables")
     imp_sub = imp.add_subparsers(dest="kind", required=True)

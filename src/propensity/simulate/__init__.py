@@ -17,6 +17,7 @@ import polars as pl
 from propensity.config import DirtConfig, Settings
 from propensity.contracts import OLTP_TABLES
 from propensity.simulate import dirt
+from propensity.simulate.campaigns import from_lake as campaign_sends
 from propensity.simulate.engine import Simulator, fx_table, tables_from_output
 from propensity.simulate.oracle import Truth
 from propensity.sources.landing import EVENTS_PREFIX, FX_PREFIX, write_events, write_fx
@@ -55,14 +56,27 @@ def simulate(
     start: date | None = None,
     seed: int | None = None,
     dirt_cfg: DirtConfig | None = None,
+    until: date | None = None,
+    campaigns: bool = False,
 ) -> SimReport:
-    """Simulate a shop and write its source systems and truth store, replacing earlier runs."""
+    """Simulate a shop and write its source systems and truth store, replacing earlier runs.
+
+    ``until`` (inclusive) hides the days after it from the source systems: the world is
+    drawn for the whole horizon, so a later run with a later ``until`` agrees on the past.
+    ``campaigns`` sends the treatment groups of the audiences published in the lake
+    (:mod:`.campaigns`): the shop's future then includes their response, while every day
+    before the first send stays exactly as it was (keep dirt off for that guarantee: dirt
+    is drawn over whole tables).
+    """
     sc = settings.simulation
     customers = customers if customers is not None else sc.customers
     days = days if days is not None else sc.days
     start = start or date.fromisoformat(sc.start)
     seed = seed if seed is not None else sc.seed
     dcfg = dirt_cfg if dirt_cfg is not None else sc.dirt
+    visible = days if until is None else (until - start).days + 1
+    if not 0 < visible <= days:
+        raise ValueError(f"simulate: --until {until} must fall within {start} .. {start + timedelta(days=days - 1)}")
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
 
@@ -75,16 +89,20 @@ def simulate(
 
     def on_events(day: date, df: pl.DataFrame) -> None:
         nonlocal n_events
+        if (day - start).days >= visible:
+            return
         df = dirt.events(df, dcfg, dirt_rng, (day - start).days)
         n_events += df.height
         write_events(landing, day, df.to_arrow())
 
-    sim = Simulator(customers, days, start, seed, products=sc.products)
+    sim = Simulator(customers, days, start, seed, products=sc.products, shift=sc.shift)
+    if campaigns:
+        sim.campaigns = campaign_sends(settings, start, sim.cids)
     out = sim.run(on_events)
     phases["days+events"] = time.perf_counter() - t_start
 
     t1 = time.perf_counter()
-    tables = tables_from_output(out, sim.t0_us)
+    tables = tables_from_output(out, sim.t0_us, visible, sim.campaigns.names)
     for name, fn in (
         ("customers", dirt.customers),
         ("orders", dirt.orders),
@@ -100,9 +118,9 @@ def simulate(
     phases["oltp"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    for t in range(days):
+    for t in range(visible):
         write_fx(drops, start + timedelta(days=t), fx_table(out, t))
-    rows["fx_rates"] = days * out.fx.shape[1]
+    rows["fx_rates"] = visible * out.fx.shape[1]
     rows["events"] = n_events
     purchases = out.tables.get("purchases", {})
     bumps = out.tables.get("bumps", {})

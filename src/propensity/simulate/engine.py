@@ -16,7 +16,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from propensity.config import ShiftConfig
 from propensity.contracts import EVENT_TYPES
+from propensity.simulate import campaigns as camp
 from propensity.simulate import dynamics as dyn
 from propensity.simulate.world import (
     ACQ,
@@ -88,8 +90,12 @@ def _pick_products(rng: np.random.Generator, cat: Catalogue, aff_cum: np.ndarray
 
 
 class Simulator:
-    def __init__(self, customers: int, days: int, start: date, seed: int, products: int = 1500) -> None:
+    def __init__(
+        self, customers: int, days: int, start: date, seed: int, products: int = 1500, shift: ShiftConfig | None = None
+    ) -> None:
         self.n, self.days, self.start, self.seed = customers, days, start, seed
+        self.shift = shift  # opt-in: without it (or before its day) no draw and no rate changes
+        self.campaigns = camp.Campaigns()  # audiences sent back into the shop: see simulate.campaigns
         self.rng = np.random.default_rng(seed)
         self.cal = dyn.Calendar(start, days)
         self.cat = Catalogue.draw(self.rng, products)
@@ -108,6 +114,7 @@ class Simulator:
 
     def run(self, on_events: Callable[[date, pl.DataFrame], None] | None = None) -> SimOutput:
         n, tr, rng = self.n, self.tr, self.rng
+        traits = tr  # the truth store keeps the unshifted traits
         alive = np.ones(n, dtype=bool)
         death_day = np.full(n, -1, dtype=np.int64)
         bought = tr["bought0"].copy()
@@ -120,8 +127,14 @@ class Simulator:
         n_events = n_sessions = n_anon = 0
         signup_sec = rng.integers(0, 86_400, n)
         open_p = np.stack([tr["open_email"], tr["open_sms"], tr["open_push"]], axis=1)
+        treated_until = np.full(n, -1, dtype=np.int64)  # last day of a campaign response window
+        treated_ch = np.zeros(n, dtype=np.int64)
+        campaign = np.full(n, -1, dtype=np.int64)
 
         for t in range(self.days):
+            if self.shift is not None and t == self.shift.day:
+                ps = np.clip(tr["price_sens"] * self.shift.price_sensitivity, 0.0, 1.0)
+                tr = self.tr = {**tr, "price_sens": ps}
             for idx, val in schedule.pop(t - 1, []):
                 np.add.at(bump, idx, val)
             exists = tr["signup_day"] <= t
@@ -138,6 +151,12 @@ class Simulator:
             for ci, (_ch, sent, _click) in enumerate(dyn.contact_mix(tr, self.cal, t)):
                 channel[exists & (u >= cum) & (u < cum + sent)] = ci
                 cum = cum + sent
+            campaign[:] = -1
+            sends = self.campaigns.by_day.get(t)
+            if sends is not None:  # audience members get the audience's send instead of the routine one
+                idx, ch, code = sends
+                channel[idx], campaign[idx] = ch, code
+                treated_until[idx], treated_ch[idx] = t + camp.RESPONSE_DAYS - 1, ch
             contacted = channel >= 0
             coupon_ch = rng.random(len(CHANNELS)) < dyn.COUPON_P
             ch_safe = np.maximum(channel, 0)
@@ -146,8 +165,15 @@ class Simulator:
             # 3. sessions and 4. purchases
             days_since = np.where(bought, t - np.nan_to_num(last), t - tr["signup_day"]).astype(float)
             s = dyn.session_p(tr, days_since, bought, self.cal.season(t))
+            if self.shift is not None and t >= self.shift.day:
+                s = np.clip(s * self.shift.sessions, 0.0, 0.9)
+            responding = treated_until >= t
+            if responding.any():
+                s = np.where(responding, np.clip(s * camp.visit_lift(open_p[np.arange(n), treated_ch]), 0, 0.9), s)
             sess = active & (clicked | (rng.random(n) < s))
             q_ok = dyn.purchase_p(tr, days_since, bought, self.cal.promo_depth(t)) * (1.0 - dyn.CANCEL_P)
+            if responding.any():
+                q_ok = np.where(responding, np.clip(q_ok * camp.offer_lift(tr["price_sens"]), 0, 0.85), q_ok)
             qc_ok = np.where(
                 coupon_ch[ch_safe],
                 dyn.clicked_purchase_p(tr, q_ok, True),
@@ -162,7 +188,7 @@ class Simulator:
             n_orders += success
             buf.add("purchases", idx=np.flatnonzero(success), day=np.full(success.sum(), t))
 
-            self._contacts(t, buf, counters, channel, contacted, opened, clicked, coupon_ch)
+            self._contacts(t, buf, counters, channel, contacted, opened, clicked, coupon_ch, campaign)
             sid = np.flatnonzero(sess)
             day_events, n_a = self._sessions(
                 t,
@@ -189,7 +215,7 @@ class Simulator:
             self.start,
             self.days,
             self.cat,
-            tr,
+            traits,
             self.cids,
             death_day,
             tables,
@@ -201,6 +227,19 @@ class Simulator:
 
     # ---------------------------------------------------------------------------------
 
+    def _shift_mix(self, t: int, name: str, labels: tuple[str, ...]) -> np.ndarray | None:
+        """Weights over ``labels`` from the shift's ``name`` mix on a shifted day; None otherwise."""
+        mix = getattr(self.shift, name, None) if self.shift is not None and t >= self.shift.day else None
+        if not mix:
+            return None
+        unknown = sorted(set(mix) - set(labels))
+        if unknown:
+            raise ValueError(f"simulation.shift.{name}: unknown value(s) {unknown}; known: {list(labels)}")
+        w = np.array([float(mix.get(x, 0.0)) for x in labels])
+        if w.sum() <= 0:
+            raise ValueError(f"simulation.shift.{name}: weights must sum to more than 0")
+        return w / w.sum()
+
     def _contacts(
         self,
         t: int,
@@ -211,6 +250,7 @@ class Simulator:
         opened: np.ndarray,
         clicked: np.ndarray,
         coupon_ch: np.ndarray,
+        campaign: np.ndarray,
     ) -> None:
         idx = np.flatnonzero(contacted)
         m = len(idx)
@@ -231,6 +271,7 @@ class Simulator:
             sent=sent,
             opened=np.where(opened[idx], open_at, -1),
             clicked=np.where(clicked[idx], click_at, -1),
+            campaign=campaign[idx],
         )
         counters["contact"] += m
 
@@ -301,12 +342,17 @@ class Simulator:
         pick = view_first[rs] + np.floor(rng.random(refs.sum()) * np.maximum(views[rs], 1)).astype(np.int64)
         prod[refs] = prod[view_pos[np.minimum(pick, len(view_pos) - 1)]] if len(view_pos) else -1
         # traffic source and device
-        traffic = np.array(TRAFFIC_ORGANIC, dtype=object)[rng.choice(len(TRAFFIC_ORGANIC), m, p=TRAFFIC_W)]
+        traffic_w = self._shift_mix(t, "traffic_mix", TRAFFIC_ORGANIC)
+        traffic_w = TRAFFIC_W if traffic_w is None else traffic_w
+        traffic = np.array(TRAFFIC_ORGANIC, dtype=object)[rng.choice(len(TRAFFIC_ORGANIC), m, p=traffic_w)]
         reg_click = clicked[sid]
         traffic[:n_reg][reg_click] = np.array(CHANNELS, dtype=object)[channel[sid][reg_click]]
         dev = rng.integers(0, len(DEVICES), m)
         own = rng.random(n_reg) < 0.75
         dev[:n_reg] = np.where(own, tr["device"][sid], dev[:n_reg])
+        device_w = self._shift_mix(t, "device_mix", DEVICES)
+        if device_w is not None:
+            dev = rng.choice(len(DEVICES), m, p=device_w)
         # ids
         s0 = counters["session"]
         e0 = counters["event"]
@@ -478,16 +524,24 @@ def _ids(prefix: str, nums: np.ndarray, width: int) -> pl.Series:
     return prefix + pl.Series(nums).cast(pl.String).str.zfill(width)
 
 
-def tables_from_output(out: SimOutput, start_us: int) -> dict[str, pa.Table]:
-    """Source-system rows (OLTP tables + FX drops) as they stand at the end of the window."""
-    end_us = start_us + out.days * US_PER_DAY
+def tables_from_output(
+    out: SimOutput, start_us: int, days: int | None = None, campaign_names: list[str] | None = None
+) -> dict[str, pa.Table]:
+    """Source-system rows (OLTP tables + FX drops) as they stand at the end of the first ``days`` days.
+
+    ``days`` below the simulated horizon hides the future: the shop's systems only hold
+    what happened before it (the rest of the world is already drawn, so a later run that
+    reveals more days, or sends campaigns, agrees on the past).
+    """
+    visible = out.days if days is None else days
+    end_us = start_us + visible * US_PER_DAY
     tr = out.traits
     cids = out.customer_ids
     cat = out.catalogue
     tables: dict[str, pl.DataFrame] = {}
 
     signup_us = start_us + tr["signup_day"] * US_PER_DAY + out.tables["signup_sec"]["sec"] * 1_000_000
-    exists = tr["signup_day"] < out.days
+    exists = tr["signup_day"] < visible
     m = tr["market"]
     # customers who existed before the window were migrated into this system on day 0
     upd = np.maximum(signup_us, start_us)
@@ -599,6 +653,7 @@ def tables_from_output(out: SimOutput, start_us: int) -> dict[str, pa.Table]:
             {
                 "contact_id": _ids("K", c["num"], 9),
                 "campaign_id": pl.Series(ch, dtype=pl.String) + "-" + pl.Series(day_str[c["day"]]),
+                "__campaign": c["campaign"] if "campaign" in c else np.full(len(c["idx"]), -1),
                 "customer_id": cids[c["idx"]],
                 "channel": ch,
                 "offer": pl.Series(np.where(c["coupon"], "SAVE10", None).tolist(), dtype=pl.String),
@@ -612,6 +667,16 @@ def tables_from_output(out: SimOutput, start_us: int) -> dict[str, pa.Table]:
             pl.when(pl.Series(opened)).then(pl.col("opened_time")).otherwise(None).alias("opened_time"),
             pl.when(pl.Series(clicked)).then(pl.col("clicked_time")).otherwise(None).alias("clicked_time"),
         )
+        if campaign_names:
+            ours = pl.col("__campaign").replace_strict(
+                dict(enumerate(campaign_names)), default=None, return_dtype=pl.String
+            )
+            tables["campaign_contacts"] = tables["campaign_contacts"].with_columns(
+                ours.fill_null(pl.col("campaign_id")).alias("campaign_id")
+            )
+        tables["campaign_contacts"] = tables["campaign_contacts"].drop("__campaign")
+    end = pl.lit(end_us).cast(pl.Datetime("us", "UTC"))
+    tables = {k: v.filter(pl.col("created_at") < end) if "created_at" in v.columns else v for k, v in tables.items()}
     return {k: v.to_arrow() for k, v in tables.items()}
 
 
