@@ -15,11 +15,13 @@ DEMO_START ?= 2025-01-01
 DEMO_END ?= $(shell $(PYTHON) -c "import datetime as d; print(d.date.fromisoformat('$(DEMO_START)') + d.timedelta(days=$(DEMO_DAYS) - 1))")
 PYTEST_ARGS ?=
 
-.PHONY: venv services test lint demo clean help catalogue
+.PHONY: venv services test lint demo clean help catalogue up down
 
 help:
 	@echo "make demo   - set up and run the main job end to end on embedded defaults"
 	@echo "make test   - set up and run the test suite (ruff + pytest)"
+	@echo "make up     - start Airflow (api-server, scheduler, dag-processor) and MLflow on 127.0.0.1, no Docker"
+	@echo "make down   - stop what make up started"
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
@@ -41,7 +43,17 @@ test: venv services lint
 
 demo: venv
 	$(BIN)/propensity simulate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --start $(DEMO_START)
-	$(BIN)/propensity run --start $(DEMO_START) --end $(DEMO_END) --through train --report $(PROPENSITY_HOME)/train_report.json
+	$(BIN)/propensity run --start $(DEMO_START) --end $(DEMO_END) --through audiences --report $(PROPENSITY_HOME)/train_report.json
+	@echo ""
+	@echo "exports:   $(PROPENSITY_HOME)/exports/audience=*/dt=*/ (CSV + manifest.json)"
+	@echo "lake:      $(PROPENSITY_HOME)/lake (raw, clean, features, scores, audiences, reports)"
+	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(PROPENSITY_HOME)/mlflow.db --host 127.0.0.1  (or: make up)"
+
+up: venv
+	$(BIN)/python -m propensity.stack up $(STACK_ARGS)
+
+down:
+	$(BIN)/python -m propensity.stack down
 
 clean:
 	rm -rf var

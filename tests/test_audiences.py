@@ -62,7 +62,8 @@ def random_candidates(n: int, seed: int) -> pl.DataFrame:
         df[f"{task}_decile"] = np.where(
             np.isnan(np.array(df[f"{task}_score"], dtype=float)), None, (p * 10).astype(int) + 1
         ).tolist()
-    return pl.DataFrame(df).cast({"recency_days": pl.Float64, "churn_score": pl.Float64, "repurchase_score": pl.Float64})
+    floats = {"recency_days": pl.Float64, "churn_score": pl.Float64, "repurchase_score": pl.Float64}
+    return pl.DataFrame(df).cast(floats)
 
 
 SPECS = [

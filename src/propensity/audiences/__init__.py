@@ -21,7 +21,7 @@ import polars as pl
 
 from propensity.audiences.composition import Composition, compare, markdown
 from propensity.audiences.publish import csv_bytes, pseudonymize, publish_export, resolve_salt, write_crm
-from propensity.audiences.select import KEY, SUPPRESSION_REASONS, Selection, select_all
+from propensity.audiences.select import KEY, SUPPRESSION_REASONS, Selection, control_draw, select_all
 from propensity.audiences.spec import AudienceSpec, load_audiences
 from propensity.config import Settings
 from propensity.lake import Lake
@@ -120,6 +120,8 @@ def candidates(settings: Settings, lake: Lake, d: date, tasks: list[str]) -> tup
             on=KEY,
             how="left",
         )
+    # a stable uniform [0, 1) per customer, for A/B splits declared in rules (e.g. customer_hash < 0.5)
+    c = c.with_columns(pl.Series("customer_hash", control_draw(c[KEY], "customer_hash", date(1970, 1, 1))))
     contacts = recent_contacts(lake, d, settings.audiences.frequency_days)
     c = c.join(contacts, on=KEY, how="left").with_columns(pl.col("contacts_recent").fill_null(0))
     return c.sort(KEY), models

@@ -136,7 +136,11 @@ def select_one(
         if spec.value
         else pl.lit(None, pl.Float64).alias("expected_value")
     )
-    rank_col = "expected_value" if spec.rank == "expected_value" else score
+    if spec.rank == "random":  # a draw independent of the control split's (different salt)
+        ranked = ranked.with_columns(pl.Series("__order", control_draw(ranked[KEY], "rank:" + spec.name, d)))
+        rank_col = "__order"
+    else:
+        rank_col = "expected_value" if spec.rank == "expected_value" else score
     ranked = ranked.sort([rank_col, KEY], descending=[True, False], nulls_last=True)
     fraction = spec.control_fraction if spec.control_fraction is not None else control_fraction
     is_control = control_draw(ranked[KEY], spec.name, d) < fraction

@@ -31,7 +31,9 @@ class AudienceSpec(BaseModel):
     priority: int
     task: str
     rule: str
-    rank: Literal["score", "expected_value"] = "score"
+    rank: Literal["score", "expected_value", "random"] = Field(
+        "score", description="random: a hash order, for benchmark or holdout audiences that ignore the model"
+    )
     value: str | None = Field(None, description="value column for rank=expected_value")
     max_size: int = Field(..., ge=1)
     budget: float | None = Field(None, gt=0)
