@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import pyarrow as pa
@@ -16,7 +17,7 @@ from propensity.simulate import simulate
 from propensity.sources.oltp import ShopDB
 
 START = date(2025, 1, 1)
-DAYS = 20
+DAYS = 30  # a month's backfill
 END = START + timedelta(days=DAYS - 1)
 
 
@@ -29,12 +30,24 @@ def _data_files(lake: Lake) -> dict[str, bytes]:
     return {k: lake.store.get_bytes(k) for k in lake.store.list("raw/") if k.endswith(".parquet")}
 
 
+def _manifests(lake: Lake) -> dict[str, dict]:
+    """Every raw manifest without its wall-clock stamps and timings."""
+    stamps = {"written_at", "extracted_at", "extract_seconds"}
+    out = {}
+    for k in lake.store.list("raw/"):
+        if k.endswith("manifest.json"):
+            out[k] = {f: v for f, v in json.loads(lake.store.get_text(k)).items() if f not in stamps}
+    return out
+
+
 def test_collect_is_idempotent(shop):
+    """A month's backfill run twice leaves the same lake: same files, same bytes, same manifests."""
     first = collect(shop, START, END)
     lake = Lake.open(shop.lake_uri)
-    files1 = _data_files(lake)
+    files1, manifests1 = _data_files(lake), _manifests(lake)
     second = collect(shop, START, END)
     assert _data_files(lake) == files1  # same bytes, no extra files
+    assert _manifests(lake) == manifests1
     assert rows_per_table(first) == rows_per_table(second)
     counts = rows_per_table(first)
     db = ShopDB(shop.shop_db_url)
