@@ -78,9 +78,9 @@ def refresh(s: Settings, start: date, end: date) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--customers", type=int, default=20_000)
-    p.add_argument("--dates", type=int, default=4)
+    p.add_argument("--dates", type=int, default=6)
     p.add_argument("--every", type=int, default=14, help="days between campaign dates")
-    p.add_argument("--size", type=int, default=600, help="members per audience and date (treatment + control)")
+    p.add_argument("--size", type=int, default=300, help="members per audience and date (treatment + control)")
     p.add_argument("--first", type=int, default=330, help="day index of the first campaign")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--home", type=Path, help="keep the run here (default: a temp dir, removed)")
