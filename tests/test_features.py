@@ -198,3 +198,20 @@ def test_online_retail_features_and_labels(tmp_path):
     rep = snap.labels["repurchase"]
     assert snap.complete["repurchase"] and rep.height > 1000 and 0.05 < rep["label"].mean() < 0.8
     assert snap.labels["conversion"].height == 0  # no sessions, no conversion population
+
+
+@pytest.mark.parametrize("shards", [3])
+def test_sharded_snapshot_equals_unsharded(clean_zone, shards):
+    """Feature building split into customer hash shards and merged gives the unsharded snapshot."""
+    builder = SnapshotBuilder(clean_zone)
+    day = SMALL_SHOP["start"] + timedelta(days=100)
+    whole = builder.build(day)
+    parts = [builder.build(day, shard=i, shards=shards) for i in range(shards)]
+    assert sum(p.features.height for p in parts) == whole.features.height
+    assert all(p.features.height for p in parts)  # every shard got customers
+    merged = builder.merge(parts)
+    assert merged.features.equals(whole.features)
+    assert merged.profiles.equals(whole.profiles)
+    for task, lab in whole.labels.items():
+        assert merged.labels[task].equals(lab), task
+        assert merged.complete[task] == whole.complete[task]

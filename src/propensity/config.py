@@ -178,6 +178,7 @@ class FeatureConfig(BaseModel):
         description="oot: a validation snapshot one horizon before the test; customers: 20% of customers "
         "held out of the training snapshots (more recent training data for short histories)",
     )
+    shards: int = Field(1, ge=1, description="customer hash shards for feature building (one mapped Airflow task each)")
 
 
 class ModelConfig(BaseModel):
@@ -244,7 +245,11 @@ class MonitoringConfig(BaseModel):
     score_psi_threshold: float = Field(0.2, gt=0, description="score PSI that alone makes a breach")
     bins: int = Field(10, ge=2, le=100, description="quantile bins of a numeric feature's reference")
     max_categories: int = Field(20, ge=1, description="categories kept per categorical feature; the rest pool")
-    exclude: list[str] = Field(default_factory=list, description="features never monitored")
+    exclude: list[str] = Field(
+        default_factory=lambda: ["signup_tenure_days", "tenure_days", "orders_total", "revenue_total"],
+        description="features not monitored: by default the ages and lifetime totals, which grow with the "
+        "customer base's age by construction (a growing shop drifts on them every month)",
+    )
 
 
 class Settings(BaseSettings):

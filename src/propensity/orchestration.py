@@ -72,7 +72,7 @@ from propensity.config import Settings, default_tasks
 from propensity.contracts import TABLES, contract
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from airflow.sdk import Asset
+    from airflow.sdk import Asset, AssetAlias
 
     from propensity.features.snapshot import Snapshot, SnapshotBuilder
 
@@ -575,4 +575,629 @@ def table_range_params(verb: str, start_overrides: str) -> dict[str, Any]:
             title="End date",
             description=f"Last UTC day to {verb} (inclusive); defaults to the start date.",
         ),
+    }
+
+
+# Training and drift monitoring --------------------------------------------------------------
+#
+# ``train_models`` maps one training task over the propensity tasks; each mapped task trains,
+# registers and gates one model (``Trainer.train([task])``: its own MLflow parent run) and
+# publishes, through the asset alias ``models``, an event on ``models.<task>``
+# (``propensity://models/<task>``) when it moved ``champion``. ``monitor_drift`` compares the
+# champions' references with the latest snapshot and, only on a breach, updates the asset
+# ``drift`` (``propensity://monitoring/drift``, ``extra.tasks``: the breached tasks), on
+# which ``train_models`` is scheduled besides its weekly cron: a drift-triggered run retrains
+# the breached tasks only.
+
+MODELS_ZONE = "models"
+MONITORING_GROUP = "monitoring"
+#: Pool of the CPU- and memory-hungry tasks (training). A deployment creates it once, e.g.
+#: ``airflow pools set propensity_heavy 1 "training"``; ``dag.test()`` runs tasks without
+#: consulting pools.
+HEAVY_POOL = "propensity_heavy"
+#: Training one task builds its snapshot plan (dozens of snapshots), fits, tunes and logs.
+TRAIN_EXECUTION_TIMEOUT = timedelta(hours=4)
+#: The XCom key of a training task's MLflow coordinates (read by the MLflow link plugin).
+MLFLOW_XCOM_KEY = "mlflow"
+
+
+class TrainingRequestError(ValueError):
+    """A training request the data cannot satisfy (empty clean zone, too little history for
+    an out-of-time split, a label with one class): retrying cannot help."""
+
+
+def models_asset_name(task: str) -> str:
+    """Airflow Asset name of a task's served model, e.g. ``models.churn``."""
+    return f"{MODELS_ZONE}.{_task_name(task)}"
+
+
+def models_asset_uri(task: str) -> str:
+    """Asset URI of a task's served model, e.g. ``propensity://models/churn``."""
+    return f"{ASSET_SCHEME}://{MODELS_ZONE}/{_task_name(task)}"
+
+
+def models_asset(task: str) -> Asset:
+    """The Airflow ``Asset`` updated when a new version of ``propensity-<task>`` becomes champion."""
+    from airflow.sdk import Asset
+
+    return Asset(name=models_asset_name(task), uri=models_asset_uri(task), group=MODELS_ZONE)
+
+
+def models_alias() -> AssetAlias:
+    """Outlet of the mapped training task: each mapped instance adds an event for its own task's
+    asset (a mapped task has one static outlet list; the alias lets it pick the asset at run time)."""
+    from airflow.sdk import AssetAlias
+
+    return AssetAlias(name=MODELS_ZONE, group=MODELS_ZONE)
+
+
+def drift_asset_name() -> str:
+    return "drift"
+
+
+def drift_asset_uri() -> str:
+    return f"{ASSET_SCHEME}://{MONITORING_GROUP}/drift"
+
+
+def drift_asset() -> Asset:
+    """The Airflow ``Asset`` updated only when the drift monitor finds a breach."""
+    from airflow.sdk import Asset
+
+    return Asset(name=drift_asset_name(), uri=drift_asset_uri(), group=MONITORING_GROUP)
+
+
+def tasks_from_drift_events(triggering_asset_events: Any) -> list[str] | None:
+    """The breached tasks (``extra.tasks``) of the triggering drift events; None without any
+    drift event (a cron or manual run), so callers can tell "no drift event" from "no task"."""
+    found: list[str] | None = None
+    for event in _iter_events(triggering_asset_events):
+        if str(_field(_field(event, "asset"), "uri") or "") != drift_asset_uri():
+            continue
+        found = found if found is not None else []
+        found += [str(t) for t in (_field(event, "extra") or {}).get("tasks") or () if str(t) not in found]
+    return found
+
+
+def training_tasks(
+    settings: Settings, tasks: Iterable[str] | None = None, triggering_asset_events: Any = None
+) -> list[str]:
+    """The tasks a ``train_models`` run trains: ``tasks`` (all configured when empty), narrowed
+    to the breached ones when drift events triggered the run (an event naming no task: all)."""
+    names = selected_snapshot_tasks(settings, tasks)
+    drifted = tasks_from_drift_events(triggering_asset_events)
+    if drifted:
+        names = [t for t in names if t in drifted]
+    return names
+
+
+def training_params() -> dict[str, Any]:
+    """The trigger-form Params of ``train_models``."""
+    from airflow.sdk import Param
+
+    return {
+        "tasks": Param(
+            list(SNAPSHOT_TASKS),
+            type="array",
+            items={"type": "string", "enum": list(SNAPSHOT_TASKS)},
+            uniqueItems=True,
+            minItems=1,
+            title="Tasks",
+            description="Propensity tasks to train (one mapped task each). A run triggered by drift "
+            "trains only those of them whose drift breached.",
+        ),
+        "snapshot": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Test snapshot (as of)",
+            description="Cap the test snapshot of the out-of-time plans at this date (like 'propensity train "
+            "--as-of'); empty: the latest fully labelled snapshot.",
+        ),
+        "tuning_trials": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            title="Tuning trials",
+            description="Optuna trials per task (0: no tuning); empty: the configured models.tuning_trials.",
+        ),
+        "promote": Param(
+            True,
+            type="boolean",
+            title="Promote",
+            description="Let a version that passes the gate become champion. Off: versions are registered, "
+            "gated and tagged with the verdict, but the champion stays.",
+        ),
+    }
+
+
+def monitor_params() -> dict[str, Any]:
+    """The trigger-form Params of ``monitor_drift``."""
+    from airflow.sdk import Param
+
+    return {
+        "snapshot": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Snapshot",
+            description="Features snapshot to compare with the champions' references; empty: the latest published.",
+        ),
+        "tasks": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string", "enum": list(SNAPSHOT_TASKS)},
+            uniqueItems=True,
+            examples=list(SNAPSHOT_TASKS),
+            title="Tasks",
+            description="Propensity tasks to monitor; empty monitors all configured tasks.",
+        ),
+    }
+
+
+def mlflow_record(settings: Settings, result: Any) -> dict[str, Any]:
+    """The ``mlflow`` XCom of a training task from its ``TaskResult`` (the format of
+    :func:`propensity.links.mlflow_xcom`, which the MLflow link plugin reads, plus ``promoted``)."""
+    from mlflow import MlflowClient
+
+    from propensity.links import mlflow_xcom
+    from propensity.models.registry import model_name
+
+    run = MlflowClient(tracking_uri=settings.tracking_uri).get_run(result.run_id)
+    payload = mlflow_xcom(
+        settings.tracking_uri, run.info.experiment_id, result.run_id, model_name(result.task), result.model_version
+    )
+    return {**payload, "promoted": bool(result.promoted)}
+
+
+def train_one(
+    settings: Settings,
+    task: str,
+    as_of: date | str | None = None,
+    tuning_trials: int | None = None,
+    promote: bool = True,
+) -> dict[str, Any]:
+    """Train, register and gate one task (its own MLflow parent run); returns its report
+    (``TaskResult.report()``), the gate ``decision`` and ``mlflow`` (:func:`mlflow_record`).
+
+    Raises :class:`TrainingRequestError` when the data cannot give a model (final).
+    """
+    from propensity.models.train import Trainer
+
+    if tuning_trials is not None:
+        models = settings.models.model_copy(update={"tuning_trials": int(tuning_trials)})
+        settings = settings.model_copy(update={"models": models})
+    trainer = Trainer(settings)
+    try:
+        report = trainer.train([task], _as_date(as_of) if as_of else None, promote=promote)
+    except ValueError as exc:
+        raise TrainingRequestError(f"task {task}: {exc}") from exc
+    result = trainer.results[task]
+    return {
+        "task": task,
+        **report["tasks"][task],
+        "parent_run_id": report["parent_run_id"],
+        "decision": result.decision,
+        MLFLOW_XCOM_KEY: mlflow_record(settings, result),
+    }
+
+
+def models_extra(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Asset event ``extra`` of ``models.<task>`` from a :func:`train_one` record."""
+    ml = record[MLFLOW_XCOM_KEY]
+    return {
+        "task": record["task"],
+        "model_name": ml["model_name"],
+        "model_version": ml["model_version"],
+        "run_id": ml["run_id"],
+        "test_auc": record.get("test_auc"),
+    }
+
+
+def run_drift_monitor(
+    settings: Settings, snapshot: date | str | None = None, tasks: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """Compare the champions with a snapshot, write the report to the lake; the report as a dict
+    (``DriftReport.to_dict()``) plus ``keys`` (where it was written) and ``lines`` (log lines)."""
+    from propensity.monitoring.monitor import monitor, write_report
+
+    names = selected_snapshot_tasks(settings, tasks)
+    report = monitor(settings, snapshot, names)
+    keys = write_report(settings, report)
+    return {**report.to_dict(), "keys": keys, "lines": report.summary_lines(top=10)}
+
+
+def drift_extra(report: Mapping[str, Any], lake: str) -> dict[str, Any]:
+    """Asset event ``extra`` of ``drift``: the snapshot, the breached tasks and the report's key."""
+    return {
+        "lake": lake,
+        "snapshot": report["snapshot"],
+        "tasks": list(report["breached_tasks"]),
+        "report": report["keys"]["json"],
+    }
+
+
+# Scoring and audiences ----------------------------------------------------------------------
+#
+# ``score_and_build_audiences`` runs when ``build_features`` publishes a snapshot (the asset
+# ``features``). :func:`scoring_plan` resolves the run's tasks and shards and makes sure the
+# date's snapshot is published (building it once, up front, rather than in every shard);
+# :func:`score_shard` (one mapped Airflow task per task x customer hash shard, of
+# ``scoring.shards``) scores one shard and writes its frame to the lake under
+# ``scores/_shards/task=<t>/dt=<d>/shard=<i>/``: XCom carries that key, never the frame.
+# :func:`merge_score_shards` (one mapped task per task) unions the shards with deciles over the
+# whole population, validates the result like an unsharded run and publishes
+# ``scores/task=<t>/dt=<d>/``, then removes the shards; through the asset alias ``scores`` it
+# updates ``scores.<task>`` (``propensity://scores/<task>``). :func:`build_audiences` builds
+# the declared audiences and updates ``audiences`` (``propensity://audiences/``; a dry run
+# reports ``dates: []``, like every outlet event that published nothing).
+
+SCORES_ZONE = "scores"
+AUDIENCES_ZONE = "audiences"
+#: Table level of the temporary per-shard frames (``scores/_shards/...``). Its name has no ``=``,
+#: so ``Lake.partitions("scores", "")`` (readers of published scores) never lists them.
+SHARDS_TABLE = "_shards"
+#: Scoring one shard of one task: loading the champion, the snapshot and predicting.
+SCORE_EXECUTION_TIMEOUT = timedelta(hours=1)
+#: Audiences: reason codes (TreeSHAP) for every member, exports, the CRM table.
+AUDIENCES_EXECUTION_TIMEOUT = timedelta(hours=2)
+
+
+class ScoringRequestError(ValueError):
+    """A scoring or audience request the models or the data cannot satisfy (no champion, a
+    signature mismatch, scores breaking their checks, an unknown audience or a bad rule, shards
+    scored by different champions): retrying the task cannot help."""
+
+
+def scores_asset_name(task: str) -> str:
+    """Airflow Asset name of a task's published scores, e.g. ``scores.churn``."""
+    return f"{SCORES_ZONE}.{_task_name(task)}"
+
+
+def scores_asset_uri(task: str) -> str:
+    """Asset URI of a task's published scores, e.g. ``propensity://scores/churn``."""
+    return f"{ASSET_SCHEME}://{SCORES_ZONE}/{_task_name(task)}"
+
+
+def scores_asset(task: str) -> Asset:
+    """The Airflow ``Asset`` updated when ``scores/task=<task>/dt=D/`` is published."""
+    from airflow.sdk import Asset
+
+    return Asset(name=scores_asset_name(task), uri=scores_asset_uri(task), group=SCORES_ZONE)
+
+
+def scores_alias() -> AssetAlias:
+    """Outlet of the mapped merge task: each mapped instance adds the event of its own task's
+    ``scores.<task>`` (a mapped task has one static outlet list, see :func:`models_alias`)."""
+    from airflow.sdk import AssetAlias
+
+    return AssetAlias(name=SCORES_ZONE, group=SCORES_ZONE)
+
+
+def audiences_asset_name() -> str:
+    return AUDIENCES_ZONE
+
+
+def audiences_asset_uri() -> str:
+    """Asset URI of the audiences: ``propensity://audiences/`` (slash: see :func:`features_asset_uri`)."""
+    return f"{ASSET_SCHEME}://{AUDIENCES_ZONE}/"
+
+
+def audiences_asset() -> Asset:
+    """The Airflow ``Asset`` updated when a date's audiences (lake, exports, manifests) are published."""
+    from airflow.sdk import Asset
+
+    return Asset(name=audiences_asset_name(), uri=audiences_asset_uri(), group=AUDIENCES_ZONE)
+
+
+def scoring_params() -> dict[str, Any]:
+    """The trigger-form Params of ``score_and_build_audiences``."""
+    from airflow.sdk import Param
+
+    return {
+        "date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Date",
+            description="Snapshot date to score and build audiences for (YYYY-MM-DD); empty: the latest date "
+            "of the triggering features asset events, else the run's logical date, else today (UTC).",
+        ),
+        "audiences": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string"},
+            uniqueItems=True,
+            examples=["win-back", "cross-sell", "conversion-nudge"],
+            title="Audiences",
+            description="Audiences to build (names declared in the audiences YAML); empty builds all declared. "
+            "Every configured task is scored either way.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Select and report the audiences but publish none (no lake partition, export, manifest "
+            "or CRM rows). Scores are still published: audiences are built from them.",
+        ),
+    }
+
+
+def scoring_date(
+    *,
+    date: date | str | None = None,
+    triggering_asset_events: Any = None,
+    logical_date: datetime | None = None,
+    run_after: datetime | None = None,
+) -> str:
+    """The date a ``score_and_build_audiences`` run scores (ISO string).
+
+    The ``date`` param wins; else the latest date the triggering ``features`` asset events
+    report (a snapshot published at ``T`` is scored at ``T``); else the run's logical date
+    (asset-triggered runs have none in Airflow 3); else (a manual run without one) the day of
+    ``run_after`` in UTC, i.e. today's snapshot, as a manual ``build_features`` run builds.
+    """
+    if date:
+        return _as_date(date).isoformat()
+    dates = dates_from_asset_events(triggering_asset_events, zone=FEATURES_ZONE)
+    if dates:
+        return dates[-1]
+    ref = logical_date or run_after
+    if ref is None:
+        raise ValueError("no date param, dated features asset events, logical date or run_after: cannot tell the date")
+    return _utc(ref).date().isoformat()
+
+
+def scoring_plan(settings: Settings, d: date | str, tasks: Iterable[str] | None = None) -> dict[str, Any]:
+    """What a scoring run maps over: ``{date, tasks, shards, units, customers, populations, built}``.
+
+    The snapshot at ``d`` (features, profiles and the tasks' labels) is built and published
+    first when any part of it is missing (``built``), so that the shards all read one published
+    snapshot instead of each building it. ``shards`` is ``[0, .., scoring.shards - 1]``;
+    ``units`` the cross product, one ``{name, shard, day}`` per mapped scoring task.
+    Raises :class:`SnapshotRequestError` (unknown task, empty clean zone) and
+    ``FrameValidationError`` (the snapshot breaks its checks): final verdicts.
+    """
+    from propensity.lake import Lake
+
+    names = selected_snapshot_tasks(settings, tasks)
+    day = _as_date(d)
+    lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
+    snap = {"snapshot": day.isoformat()}
+
+    def manifests() -> dict[str, Any]:
+        return {
+            FEATURES_ZONE: lake.manifest(FEATURES_ZONE, "", snap),
+            PROFILES_ZONE: lake.manifest(PROFILES_ZONE, "", snap),
+            **{t: lake.manifest(LABELS_ZONE, "", {"task": t, **snap}) for t in names},
+        }
+
+    found = manifests()
+    built = not all(found.values())
+    if built:
+        from propensity.features.snapshot import SnapshotBuilder
+
+        builder = SnapshotBuilder(settings)
+        if builder.data.start is None or builder.observed_until is None:
+            raise SnapshotRequestError("the clean zone has no orders or events: run collect and validate first")
+        log.info("snapshot %s is not published: building it for %s", day, names)
+        builder.build_and_publish(day, names)
+        found = manifests()
+    return {
+        "date": day.isoformat(),
+        "tasks": names,
+        "shards": list(range(settings.scoring.shards)),
+        "units": [
+            {"name": t, "shard": i, "day": day.isoformat()} for t in names for i in range(settings.scoring.shards)
+        ],
+        "customers": int(found[FEATURES_ZONE]["row_count"]),
+        "populations": {t: int(found[t]["row_count"]) for t in names},
+        "built": built,
+    }
+
+
+def shard_groups(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The :func:`score_shard` hand-offs grouped per task and date, in first-seen order: one
+    ``{name, day, shards}`` per mapped merge task (``shards``: that task's records)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["task"], r["date"]), []).append(dict(r))
+    return [{"name": t, "day": d, "shards": rs} for (t, d), rs in groups.items()]
+
+
+def shard_partition(task: str, d: date | str, shard: int) -> dict[str, str]:
+    """Partition values of one shard's temporary frame under ``scores/_shards/``."""
+    return {"task": _task_name(task), "dt": _as_date(d).isoformat(), "shard": str(int(shard))}
+
+
+def champion_mlflow_record(settings: Settings, champ: Any) -> dict[str, str]:
+    """The ``mlflow`` XCom of a scoring task: the champion it used (``scoring.Champion``)."""
+    from mlflow import MlflowClient
+
+    from propensity.links import mlflow_xcom
+
+    run = MlflowClient(tracking_uri=settings.tracking_uri).get_run(champ.run_id)
+    return mlflow_xcom(settings.tracking_uri, run.info.experiment_id, champ.run_id, champ.name, champ.version)
+
+
+def score_shard(settings: Settings, d: date | str, task: str, shard: int) -> dict[str, Any]:
+    """Score one customer hash shard of ``task`` at ``d`` and write it under ``scores/_shards/``.
+
+    Returns the hand-off for :func:`merge_score_shards` (small, an XCom): ``{task, date, shard,
+    shards, key, rows, seconds, model_name, model_version, run_id, mlflow}``, ``key`` being where
+    the frame is. Raises :class:`ScoringRequestError` for what a retry cannot fix (no champion,
+    a signature mismatch, a shard breaking its checks); I/O errors propagate as they are.
+    """
+    from propensity import scoring
+    from propensity.lake import Lake, partition_path
+
+    shards = settings.scoring.shards
+    if not 0 <= int(shard) < shards:
+        raise ScoringRequestError(f"shard {shard} is out of range: scoring.shards is {shards}")
+    day = _as_date(d)
+    try:
+        run = scoring.score(settings, day, [task], shard=int(shard), publish=False)
+    except ValueError as exc:  # SignatureMismatch, FrameValidationError, no champion, missing features
+        raise ScoringRequestError(f"scores.{task}.{day} shard {shard}/{shards}: {exc}") from exc
+    df, champ = run.scores[task], run.champions[task]
+    parts = shard_partition(task, day, shard)
+    meta = {
+        "model_name": champ.name,
+        "model_version": champ.version,
+        "run_id": champ.run_id,
+        "snapshot": day.isoformat(),
+        "shards": shards,
+    }
+    lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
+    lake.write_partition(SCORES_ZONE, SHARDS_TABLE, parts, df.to_arrow(), meta)
+    return {
+        "task": task,
+        "date": day.isoformat(),
+        "shard": int(shard),
+        "shards": shards,
+        "key": partition_path(SCORES_ZONE, SHARDS_TABLE, parts),
+        "rows": df.height,
+        "seconds": round(run.seconds[task], 3),
+        "model_name": champ.name,
+        "model_version": champ.version,
+        "run_id": champ.run_id,
+        MLFLOW_XCOM_KEY: champion_mlflow_record(settings, champ),
+    }
+
+
+def merge_score_shards(
+    settings: Settings, d: date | str, task: str, records: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Merge the shards :func:`score_shard` wrote for ``task`` at ``d`` into ``scores/task=<t>/dt=<d>/``.
+
+    ``records`` are the shard hand-offs (those of other tasks or dates are ignored). Every
+    shard must be there and all must come from one champion version (the alias can move while
+    a run scores); the union gets deciles over the whole population
+    (``scoring.merge_shards``), passes the checks of an unsharded run (``scoring.score_checks``:
+    keys unique and not null, scores in [0, 1], exactly the task's eligible population), and is
+    published with the same manifest fields as ``propensity score``. The shards are removed
+    afterwards. Returns ``{task, date, rows, shards, mean_score, model_name, model_version,
+    run_id, key}``.
+    """
+    import polars as pl
+
+    from propensity import scoring
+    from propensity.lake import Lake, partition_path
+    from propensity.validation.frames import FrameValidationError, check_frame
+
+    day = _as_date(d).isoformat()
+    mine = sorted((r for r in records if r["task"] == task and r["date"] == day), key=lambda r: int(r["shard"]))
+    if not mine:
+        raise ScoringRequestError(f"scores.{task}.{day}: no shard was scored")
+    shards = int(mine[0]["shards"])
+    got = [int(r["shard"]) for r in mine]
+    if got != list(range(shards)):
+        raise ScoringRequestError(f"scores.{task}.{day}: shards {got} scored, expected 0..{shards - 1}")
+    models = sorted({(r["model_name"], str(r["model_version"]), r["run_id"]) for r in mine})
+    if len(models) > 1:
+        versions = ", ".join(f"{n} v{v}" for n, v, _ in models)
+        raise ScoringRequestError(
+            f"scores.{task}.{day}: the shards were scored by different champions ({versions}): the champion "
+            "moved during the run; rerun it"
+        )
+    name, version, run_id = models[0]
+    lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
+    frames = []
+    for r in mine:
+        table = lake.read_partition(SCORES_ZONE, SHARDS_TABLE, shard_partition(task, day, r["shard"]))
+        if table is None:
+            raise ScoringRequestError(f"scores.{task}.{day}: shard {r['shard']} is not in the lake ({r['key']})")
+        frames.append(pl.from_arrow(table))
+    df = scoring.merge_shards(frames)  # type: ignore[arg-type]
+    labels = lake.manifest(LABELS_ZONE, "", {"task": task, "snapshot": day})
+    if labels is None:
+        raise ScoringRequestError(f"scores.{task}.{day}: labels/task={task}/snapshot={day} is not published")
+    try:
+        check_frame(f"scores.{task}.{day}", df, scoring.score_checks(int(labels["row_count"])))
+    except FrameValidationError as exc:
+        raise ScoringRequestError(str(exc)) from exc
+    parts = {"task": task, "dt": day}
+    scoring.publish_frame(lake, task, day, df, name, version, run_id)
+    for r in mine:
+        lake.delete_partition(SCORES_ZONE, SHARDS_TABLE, shard_partition(task, day, r["shard"]))
+    return {
+        "task": task,
+        "date": day,
+        "rows": df.height,
+        "shards": shards,
+        "mean_score": round(float(df["score"].mean()), 6) if df.height else None,
+        "model_name": name,
+        "model_version": version,
+        "run_id": run_id,
+        "key": partition_path(SCORES_ZONE, "", parts),
+    }
+
+
+def scores_extra(record: Mapping[str, Any], lake: str) -> dict[str, Any]:
+    """Asset event ``extra`` of ``scores.<task>`` from a :func:`merge_score_shards` record."""
+    return {
+        "lake": lake,
+        "task": record["task"],
+        "dates": [record["date"]],
+        "rows": record["rows"],
+        "model_name": record["model_name"],
+        "model_version": record["model_version"],
+        "run_id": record["run_id"],
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy (numpy/polars scalars to Python numbers) for XCom."""
+    import json
+
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def build_audiences(
+    settings: Settings, d: date | str, names: Iterable[str] | None = None, dry_run: bool = False
+) -> dict[str, Any]:
+    """Build (unless ``dry_run``, publish) the declared audiences at ``d`` from its published scores.
+
+    Returns ``{date, dry_run, rows, table, warnings, exports, models}``: ``rows`` and ``table`` are
+    ``AudienceRun.rows()`` / ``AudienceRun.table()`` (the summary the CLI prints), ``warnings`` the
+    composition warnings. Raises :class:`ScoringRequestError` for an unknown audience, a rule
+    that cannot be evaluated or scores that are not published.
+    """
+    from propensity.audiences import build
+
+    day = _as_date(d)
+    try:
+        run = build(settings, day, list(dict.fromkeys(names)) if names else None, dry_run=bool(dry_run))
+    except ValueError as exc:
+        raise ScoringRequestError(f"audiences dt={day}: {exc}") from exc
+    return _plain(
+        {
+            "date": day.isoformat(),
+            "dry_run": bool(dry_run),
+            "rows": run.rows(),
+            "table": run.table(),
+            "warnings": [w for c in run.compositions for w in c.warnings],
+            "exports": dict(run.exports),
+            "models": run.models,
+        }
+    )
+
+
+def audience_lines(record: Mapping[str, Any]) -> list[str]:
+    """Log lines of a :func:`build_audiences` record: a heading, the summary table and, if any, the
+    number of composition warnings (``audiences.build`` logs each one as it finds it)."""
+    what = "dry run, nothing published" if record["dry_run"] else f"{len(record['exports'])} export(s) published"
+    lines = [f"audiences dt={record['date']} ({what}):", *record["table"].splitlines()]
+    if record["warnings"]:
+        where = "" if record["dry_run"] else f"; report: reports/audiences/dt={record['date']}/composition.md"
+        lines.append(f"{len(record['warnings'])} composition warning(s) (logged above{where})")
+    return lines
+
+
+def audiences_extra(record: Mapping[str, Any], lake: str) -> dict[str, Any]:
+    """Asset event ``extra`` of ``audiences``: ``dates`` is empty for a dry run (nothing published)."""
+    return {
+        "lake": lake,
+        "dates": [] if record["dry_run"] else [record["date"]],
+        "dry_run": record["dry_run"],
+        "audiences": {r["audience"]: {"size": r["size"], "treatment": r["treatment"]} for r in record["rows"]},
     }

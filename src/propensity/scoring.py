@@ -18,7 +18,6 @@ members, by the audience stage, which republishes the partition with them filled
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from propensity.config import Settings
 from propensity.features.labels import KEY
 from propensity.lake import Lake
 from propensity.models.model import PropensityModel, model_input
+from propensity.shards import shard_of
 from propensity.validation import checks as ck
 from propensity.validation.frames import check_frame
 
@@ -124,11 +124,10 @@ def deciles(scores: np.ndarray) -> np.ndarray:
 def predict(champ: Champion, frame: pl.DataFrame, batch_rows: int) -> np.ndarray:
     """Calibrated probabilities, batch by batch (memory: one batch of model input at a time)."""
     out = np.empty(frame.height, dtype=np.float64)
-    cols = champ.model.features
+    model = champ.model
     for start in range(0, frame.height, batch_rows):
-        part = frame.slice(start, batch_rows).select(cols).to_pandas()
-        x = model_input(part, cols, champ.categorical)
-        out[start : start + len(part)] = champ.model.predict_proba(x)
+        x = model.matrix_from_polars(frame.slice(start, batch_rows))
+        out[start : start + len(x)] = model.calibrator(model.booster.predict(x, num_threads=0))
     return out
 
 
@@ -191,13 +190,6 @@ def with_reasons(scores: pl.DataFrame, ids: pl.Series, reasons: list[list[str | 
     )
     joined = scores.join(fill, on=KEY, how="left")
     return joined.with_columns([pl.coalesce(f"_{c}", c).alias(c) for c in REASON_COLUMNS]).select(scores.columns)
-
-
-def shard_of(ids: pl.Series, shards: int) -> pl.Series:
-    """Stable customer shard in ``[0, shards)``: a hash that does not depend on the process or platform."""
-    if shards == 1:
-        return pl.Series(np.zeros(len(ids), dtype=np.int64))
-    return pl.Series([int(hashlib.blake2b(str(v).encode(), digest_size=8).hexdigest(), 16) % shards for v in ids])
 
 
 @dataclass
@@ -276,12 +268,18 @@ def merge_shards(parts: list[pl.DataFrame]) -> pl.DataFrame:
     return df.with_columns(pl.Series("decile", deciles(df["score"].to_numpy()), pl.Int8))
 
 
+def publish_frame(lake: Lake, task: str, d: date | str, df: pl.DataFrame, name: str, version: str, run_id: str):
+    """Write one task's scores at ``d`` with the manifest fields every reader relies on."""
+    day = d if isinstance(d, str) else d.isoformat()
+    meta = {"model_name": name, "model_version": str(version), "run_id": run_id, "snapshot": day}
+    return lake.write_partition(ZONE, "", {"task": task, "dt": day}, df.to_arrow(), meta)
+
+
 def publish_scores(settings: Settings, run: ScoreRun) -> None:
     lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
     for task, df in run.scores.items():
         c = run.champions[task]
-        meta = {"model_name": c.name, "model_version": c.version, "run_id": c.run_id, "snapshot": str(run.date)}
-        lake.write_partition(ZONE, "", {"task": task, "dt": run.date.isoformat()}, df.to_arrow(), meta)
+        publish_frame(lake, task, run.date, df, c.name, c.version, c.run_id)
 
 
 def read_scores(settings: Settings, task: str, d: date) -> pl.DataFrame | None:

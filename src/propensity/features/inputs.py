@@ -131,6 +131,27 @@ class ShopData:
     def from_frames(cls, **frames: pl.DataFrame) -> ShopData:
         return cls(**{f.name: frames.get(f.name, _empty(f.name)) for f in fields(cls)})
 
+    def for_customers(self, ids: pl.DataFrame) -> ShopData:
+        """Only the rows of the customers in ``ids`` (a ``customer_id`` frame): one shard's data.
+
+        Shared reference data (products, FX rates) stays whole; items and deliveries follow
+        their orders. Features are per-customer aggregates, so a shard's features equal the
+        same customers' rows of an unsharded build.
+        """
+        keep = ids.select(pl.col("customer_id").cast(pl.String)).unique()
+        orders = self.orders.join(keep, on="customer_id", how="semi")
+        order_ids = orders.select("order_id").unique()
+        return replace(
+            self,
+            customers=self.customers.join(keep, on="customer_id", how="semi"),
+            orders=orders,
+            order_items=self.order_items.join(order_ids, on="order_id", how="semi"),
+            events=self.events.join(keep, on="customer_id", how="semi"),
+            reviews=self.reviews.join(keep, on="customer_id", how="semi"),
+            deliveries=self.deliveries.join(order_ids, on="order_id", how="semi"),
+            campaign_contacts=self.campaign_contacts.join(keep, on="customer_id", how="semi"),
+        )
+
     @property
     def start(self) -> datetime | None:
         """Earliest order or event time: where the shop's observable history begins."""

@@ -23,9 +23,10 @@ from propensity.config import Settings
 from propensity.features.build import compute_features
 from propensity.features.catalogue import feature_checks
 from propensity.features.inputs import USED_COLUMNS, ShopData
-from propensity.features.labels import labels, population
+from propensity.features.labels import KEY, labels, population
 from propensity.features.profiles import build_profiles
 from propensity.lake import Lake
+from propensity.shards import in_shard
 from propensity.validation import checks as ck
 from propensity.validation.frames import check_frame
 
@@ -87,27 +88,57 @@ class SnapshotBuilder:
         end = self.data.end
         return end.date() if end is not None else None
 
-    def build(self, snapshot: date, tasks: list[str] | None = None) -> Snapshot:
+    def build(
+        self, snapshot: date, tasks: list[str] | None = None, shard: int | None = None, shards: int = 1
+    ) -> Snapshot:
+        """Features, profiles and labels at ``snapshot``.
+
+        With ``shard``, only that customer hash shard's features and labels are built and the
+        profiles are left empty: profile tags rank customers against each other (RFM
+        quintiles, value tiers), so :meth:`merge` computes them over the union.
+        """
         t0 = time.perf_counter()
         s = self.settings
         t = at_midnight(snapshot)
-        past = self.data.as_of(t)
+        last = self.observed_until  # of the whole shop: label completeness must not depend on the shard
+        data = self.data
+        if shard is not None:
+            ids = data.customers.select("customer_id").unique()
+            data = data.for_customers(ids.filter(in_shard(ids["customer_id"], shard, shards)))
+        past = data.as_of(t)
         feats = compute_features(past, t, s.base_currency)
-        profiles = build_profiles(feats, past, t, s.base_currency)
+        profiles = build_profiles(feats, past, t, s.base_currency) if shard is None else pl.DataFrame()
         snap = Snapshot(snapshot, feats, profiles)
-        last = self.observed_until
         for name in tasks or list(s.tasks):
             task = s.tasks[name]
             pop = population(past, t, task)
             horizon_end = t + timedelta(days=task.horizon_days)
             complete = last is not None and horizon_end <= at_midnight(last) + timedelta(days=1)
             if complete:
-                lab = labels(pop, self.data.between(t, horizon_end), task)
+                lab = labels(pop, data.between(t, horizon_end), task)
             else:
                 lab = pop.with_columns(pl.lit(None, pl.Int8).alias("label"))
             snap.labels[name] = lab.with_columns(pl.lit(task.horizon_days).alias("horizon_days"))
             snap.complete[name] = complete
         snap.seconds = time.perf_counter() - t0
+        return snap
+
+    def merge(self, parts: list[Snapshot]) -> Snapshot:
+        """One snapshot from its shards: features and labels concatenated, profiles over the union."""
+        if not parts or len({p.snapshot for p in parts}) != 1:
+            raise ValueError("merge needs the shards of exactly one snapshot")
+        t0 = time.perf_counter()
+        day = parts[0].snapshot
+        t = at_midnight(day)
+        feats = pl.concat([p.features for p in parts], how="vertical_relaxed").sort(KEY)
+        profiles = build_profiles(feats, self.data.as_of(t), t, self.settings.base_currency)
+        snap = Snapshot(day, feats, profiles)
+        for name in parts[0].labels:
+            if len({p.complete[name] for p in parts}) != 1:
+                raise ValueError(f"labels.{name}.{day}: shards disagree on whether the label window is complete")
+            snap.labels[name] = pl.concat([p.labels[name] for p in parts], how="vertical_relaxed").sort(KEY)
+            snap.complete[name] = parts[0].complete[name]
+        snap.seconds = sum(p.seconds for p in parts) + time.perf_counter() - t0
         return snap
 
     def publish(self, snap: Snapshot) -> None:

@@ -18,6 +18,7 @@ import lightgbm as lgb
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import polars as pl
 
 
 def model_input(df: pd.DataFrame, features: list[str], categorical: set[str] | None = None) -> pd.DataFrame:
@@ -126,6 +127,29 @@ class PropensityModel:
             raise ValueError(f"model input is missing feature column(s): {', '.join(missing)}")
         x = self.encoder.transform(df[self.features])
         return x.astype("float64")
+
+    def matrix_from_polars(self, frame: pl.DataFrame) -> np.ndarray:
+        """The booster's float64 matrix straight from polars: the batch-scoring path.
+
+        Same values as :meth:`matrix` (numbers as float64, nulls as NaN; categories as the
+        encoder's codes, unknown or missing as NaN) without the single-threaded pandas
+        round trip, which took a third of the scoring time.
+        """
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise ValueError(f"model input is missing feature column(s): {', '.join(missing)}")
+        mapping = self.encoder.mapping
+        exprs = [
+            pl.col(c)
+            .cast(pl.String)
+            .replace_strict(
+                mapping[c], [float(i) for i in range(len(mapping[c]))], default=None, return_dtype=pl.Float64
+            )
+            if c in mapping
+            else pl.col(c).cast(pl.Float64)
+            for c in self.features
+        ]
+        return frame.select(exprs).to_numpy(order="c")
 
     def predict_raw(self, df: pd.DataFrame) -> np.ndarray:
         return self.booster.predict(self.matrix(df), num_threads=0)
