@@ -22,14 +22,17 @@ published; a republished date replaces the previous one atomically.
   --through features`), `snapshot` then capping the test date.
 * **Params** (trigger form): `snapshot` (date), `tasks` (label only these tasks; all by
   default), `plan` (boolean).
-* **Assets**: `build_snapshots` updates `features`, `profiles` and `labels.<task>` per
+* **Assets**: `merge_snapshots` updates `features`, `profiles` and `labels.<task>` per
   task (`propensity://features/`, `propensity://profiles/`, `propensity://labels/<task>`)
   with `extra = {lake, dates, rows}` (labels also `task` and `complete`: the dates whose
   label window is observed). Every outlet gets an event, so a task left out by `tasks`
   reports `dates: []`.
-* **Heavy task**: `build_snapshots` loads the whole clean zone into memory and builds the
-  snapshots one after the other (a plan: dozens); execution timeout 4 h. Give it a worker
-  with memory to spare (a dedicated queue/pool once the deployment has one).
+* **Scale-out**: `build_snapshots` is mapped over the customer hash shards of
+  `features.shards` (default 1): each instance builds its customers' features and labels
+  for every date; `merge_snapshots` joins the shards, computes the profile tags over the
+  union, validates and publishes (equal to an unsharded build; with one shard the single
+  instance publishes and the merge passes its records on). Both load the clean zone into
+  memory and run in the `propensity_heavy` pool; execution timeout 4 h.
 * **Failures**: a snapshot breaking its checks (`FrameValidationError`) or a request that
   cannot succeed (unknown task, empty clean zone, too little history for a plan) fails the
   task at once, without retries (`AirflowFailException`); nothing of that snapshot is
@@ -49,16 +52,19 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from propensity.contracts import TABLES
 from propensity.orchestration import (
+    HEAVY_POOL,
     SNAPSHOT_EXECUTION_TIMEOUT,
     SNAPSHOT_TASKS,
     SnapshotRequestError,
-    build_snapshots,
+    build_snapshot_shard,
     clean_asset,
     default_task_args,
     io_task_args,
+    merge_snapshot_shards,
     snapshot_dates_for_run,
     snapshot_extras,
     snapshot_outlets,
+    snapshot_shards,
 )
 
 # DAG files are imported under a mangled module name, so name the logger explicitly.
@@ -102,23 +108,41 @@ log = logging.getLogger("propensity.dags.build_features")
     },
 )
 def build_features():
+    @task
+    def shards() -> list[int]:
+        from propensity.config import load_settings
+
+        return snapshot_shards(load_settings())
+
     @task(
         task_id="build_snapshots",
-        outlets=snapshot_outlets(),
-        **io_task_args(execution_timeout=SNAPSHOT_EXECUTION_TIMEOUT),
+        map_index_template="shard {{ task.op_kwargs['shard'] }}",
+        **io_task_args(execution_timeout=SNAPSHOT_EXECUTION_TIMEOUT, pool=HEAVY_POOL),
     )
-    def build(params=None, triggering_asset_events=None, dag_run=None, outlet_events=None) -> list:
+    def build(shard: int, params=None, triggering_asset_events=None, dag_run=None) -> list:
         from propensity.config import load_settings
         from propensity.validation.frames import FrameValidationError
 
         dates = snapshot_dates_for_run(
             snapshot=params["snapshot"], triggering_asset_events=triggering_asset_events, run_after=dag_run.run_after
         )
-        settings = load_settings()
         try:
-            records = build_snapshots(settings, dates, params["tasks"], plan=params["plan"], as_of=params["snapshot"])
+            return build_snapshot_shard(
+                load_settings(), shard, dates, params["tasks"], plan=params["plan"], as_of=params["snapshot"]
+            )
         except (FrameValidationError, SnapshotRequestError) as exc:
             # A verdict on the data or the request: retrying cannot change it.
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+    @task(outlets=snapshot_outlets(), **io_task_args(execution_timeout=SNAPSHOT_EXECUTION_TIMEOUT, pool=HEAVY_POOL))
+    def merge_snapshots(parts, outlet_events=None) -> list:
+        from propensity.config import load_settings
+        from propensity.validation.frames import FrameValidationError
+
+        settings = load_settings()
+        try:
+            records = merge_snapshot_shards(settings, list(parts))
+        except (FrameValidationError, SnapshotRequestError) as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         extras = snapshot_extras(records, settings.lake_uri)
         for asset in snapshot_outlets():
@@ -132,7 +156,7 @@ def build_features():
             log.info("%s", line)  # one Snapshot.summary() line per snapshot
         return lines
 
-    summary(build())
+    summary(merge_snapshots(build.expand(shard=shards())))
 
 
 build_features()

@@ -477,6 +477,113 @@ def build_snapshots(
     return [snapshot_record(builder.build_and_publish(d, names)) for d in days]
 
 
+# Sharded feature building ------------------------------------------------------------------
+#
+# With ``features.shards = N > 1`` the build_features DAG maps ``build_snapshot_shard`` over
+# the N customer hash shards: each builds the features and labels of its customers for every
+# requested date and parks them in the lake (``features/_shards/snapshot=T/shard=i``,
+# ``labels/_shards/task=<t>/snapshot=T/shard=i``); ``merge_snapshot_shards`` then joins them,
+# computes the profile tags over the union, validates and publishes each snapshot exactly as
+# an unsharded build would. With one shard the shard task builds and publishes directly.
+
+SHARD_TABLE = "_shards"
+
+
+def snapshot_shards(settings: Settings) -> list[int]:
+    return list(range(settings.features.shards))
+
+
+def _snapshot_dates(builder: Any, names: list[str], dates: Iterable[date | str], plan: bool, as_of: Any) -> list[date]:
+    if plan:
+        return planned_snapshot_dates(builder, names, as_of)
+    if builder.data.start is None or builder.observed_until is None:
+        raise SnapshotRequestError("the clean zone has no orders or events: run collect and validate first")
+    return sorted({_as_date(d) for d in dates})
+
+
+def build_snapshot_shard(
+    settings: Settings,
+    shard: int,
+    dates: Iterable[date | str] = (),
+    tasks: Iterable[str] | None = None,
+    *,
+    plan: bool = False,
+    as_of: date | str | None = None,
+) -> list[dict[str, Any]]:
+    """One shard's part of :func:`build_snapshots`; with a single shard, the whole (published) build."""
+    from propensity.features.snapshot import SnapshotBuilder
+    from propensity.lake import Lake
+
+    shards = settings.features.shards
+    if not 0 <= shard < shards:
+        raise SnapshotRequestError(f"shard {shard} is out of range: features.shards is {shards}")
+    if shards == 1:
+        return build_snapshots(settings, dates, tasks, plan=plan, as_of=as_of)
+    names = selected_snapshot_tasks(settings, tasks)
+    builder = SnapshotBuilder(settings)
+    lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
+    out = []
+    for d in _snapshot_dates(builder, names, dates, plan, as_of):
+        snap = builder.build(d, names, shard=shard, shards=shards)
+        day = d.isoformat()
+        lake.write_partition("features", SHARD_TABLE, {"snapshot": day, "shard": str(shard)}, snap.features.to_arrow())
+        for t, lab in snap.labels.items():
+            meta = {"complete": snap.complete[t]}
+            lake.write_partition(
+                "labels", SHARD_TABLE, {"task": t, "snapshot": day, "shard": str(shard)}, lab.to_arrow(), meta
+            )
+        out.append(
+            {"snapshot": day, "shard": shard, "shards": shards, "tasks": names, "customers": snap.features.height}
+        )
+    return out
+
+
+def merge_snapshot_shards(
+    settings: Settings, shard_records: Iterable[Iterable[Mapping[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Join every date's shards into the published snapshot (see above); one :func:`snapshot_record` each."""
+    import polars as pl
+
+    from propensity.features.snapshot import Snapshot, SnapshotBuilder
+    from propensity.lake import Lake
+
+    flat = [r for rs in shard_records for r in (rs or [])]
+    if settings.features.shards == 1 or not flat or "shard" not in flat[0]:
+        return flat  # one shard: it already published
+    shards = int(flat[0]["shards"])
+    lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
+    builder = SnapshotBuilder(settings)
+    records = []
+    for day in sorted({r["snapshot"] for r in flat}):
+        mine = sorted((r for r in flat if r["snapshot"] == day), key=lambda r: r["shard"])
+        if [r["shard"] for r in mine] != list(range(shards)):
+            raise SnapshotRequestError(
+                f"snapshot {day}: shards {[r['shard'] for r in mine]} built, expected 0..{shards - 1}"
+            )
+        parts = []
+        for r in mine:
+            where = {"snapshot": day, "shard": str(r["shard"])}
+            feats = lake.read_partition("features", SHARD_TABLE, where)
+            if feats is None:
+                raise SnapshotRequestError(f"snapshot {day}: shard {r['shard']} is not in the lake")
+            snap = Snapshot(_as_date(day), pl.from_arrow(feats), pl.DataFrame())  # type: ignore[arg-type]
+            for t in r["tasks"]:
+                lp = {"task": t, **where}
+                snap.labels[t] = pl.from_arrow(lake.read_partition("labels", SHARD_TABLE, lp))  # type: ignore[assignment]
+                snap.complete[t] = bool((lake.manifest("labels", SHARD_TABLE, lp) or {}).get("complete"))
+            parts.append(snap)
+        merged = builder.merge(parts)
+        builder.publish(merged)
+        for r in mine:
+            where = {"snapshot": day, "shard": str(r["shard"])}
+            lake.delete_partition("features", SHARD_TABLE, where)
+            for t in r["tasks"]:
+                lake.delete_partition("labels", SHARD_TABLE, {"task": t, **where})
+        log.info("%s", merged.summary())
+        records.append(snapshot_record(merged))
+    return records
+
+
 def snapshot_extras(
     records: Iterable[Mapping[str, Any]], lake: str, tasks: Iterable[str] = SNAPSHOT_TASKS
 ) -> dict[str, dict[str, Any]]:

@@ -103,6 +103,8 @@ class StackConfig:
     password: str = "admin"
     parallelism: int = 4
     host: str = LOOPBACK
+    airflow_db: str | None = None
+    """SQLAlchemy URL of Airflow's metadata DB (e.g. PostgreSQL); None: SQLite under the Airflow home."""
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> StackConfig:
@@ -140,7 +142,7 @@ class StackConfig:
 
     @property
     def airflow_db_url(self) -> str:
-        return f"sqlite:///{self.airflow_home / 'airflow.db'}"
+        return self.airflow_db or f"sqlite:///{self.airflow_home / 'airflow.db'}"
 
 
 # ------------------------------------------------------------------------------ environments
@@ -414,7 +416,8 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 
 def migrate_db(cfg: StackConfig, env: Mapping[str, str], timeout: float = 600.0) -> None:
-    """``airflow db migrate`` (creates or upgrades the SQLite metadata DB); output to the stack log folder."""
+    """``airflow db migrate`` (creates or upgrades the metadata DB, SQLite unless ``cfg.airflow_db``); output to
+    the stack log folder."""
     log_path = cfg.log_dir / "db-migrate.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(

@@ -45,7 +45,12 @@ def gate_and_alias(
     x_test: pd.DataFrame,
     y_test: np.ndarray,
     tags: dict[str, str] | None = None,
+    promote: bool = True,
 ) -> dict[str, Any]:
+    """Tag ``version``, make it ``challenger`` and, if it passes the gate and ``promote``, ``champion``.
+
+    With ``promote=False`` the gate still runs and its verdict is recorded, but the champion stays.
+    """
     client = MlflowClient()
     name = model_name(task)
     for k, v in (tags or {}).items():
@@ -68,7 +73,10 @@ def gate_and_alias(
         reasons.append(f"test AUC {challenger_auc:.4f} below the floor {floor:.4f}")
     if champion_auc is not None and challenger_auc < champion_auc - margin:
         reasons.append(f"test AUC {challenger_auc:.4f} worse than champion {champion_auc:.4f} beyond margin {margin}")
-    promoted = not reasons
+    passed = not reasons
+    promoted = passed and promote
+    if passed and not promote:
+        note = "; ".join(filter(None, [note, "promotion disabled for this run: the champion stays"]))
     decision = {
         "task": task,
         "model": name,
@@ -79,11 +87,13 @@ def gate_and_alias(
         "floor": floor,
         "margin": margin,
         "promoted": promoted,
+        "passed": passed,
+        "promote": promote,
         "reasons": reasons or ["passes the floor and is not worse than the champion"],
         "note": note,
     }
     tag = {
-        "gate.decision": "promoted" if promoted else "rejected",
+        "gate.decision": "promoted" if promoted else "passed, not promoted" if passed else "rejected",
         "gate.challenger_auc": f"{challenger_auc:.6f}",
         "gate.champion_auc": "" if champion_auc is None else f"{champion_auc:.6f}",
         "gate.reasons": "; ".join(decision["reasons"]),

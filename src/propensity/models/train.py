@@ -275,7 +275,9 @@ class Trainer:
 
     # MLflow -------------------------------------------------------------------------------
 
-    def log_task(self, r: TaskResult, fr: TaskFrames, base_scores: dict[str, np.ndarray], register: bool) -> None:
+    def log_task(
+        self, r: TaskResult, fr: TaskFrames, base_scores: dict[str, np.ndarray], register: bool, promote: bool = True
+    ) -> None:
         s = self.settings
         m = s.models
         mlflow.log_params(
@@ -313,6 +315,9 @@ class Trainer:
             metrics["oracle_gap"] = r.oracle_auc - r.metrics["auc"]
         mlflow.log_metrics(metrics)
         mlflow.log_dict({"features": r.model.features, "categorical": list(r.model.encoder.mapping)}, "features.json")
+        from propensity.monitoring.monitor import training_reference
+
+        mlflow.log_dict(training_reference(s, r.model, fr, r.test_scores), "reference.json")  # drift monitoring
         train_ds = mlflow.data.from_pandas(
             fr.train[["customer_id", "snapshot", "label"]].astype({"snapshot": str}),
             source=f"{s.lake_uri}/features",
@@ -371,24 +376,29 @@ class Trainer:
                     "data_digest": train_ds.digest,
                     "code_version": code_version(),
                 },
+                promote=promote,
             )
             r.promoted = bool(r.decision["promoted"])
             mlflow.log_dict(r.decision, "comparison.json")
 
-    def train(self, tasks: list[str] | None = None, as_of: date | None = None, register: bool = True) -> dict[str, Any]:
+    def train(
+        self, tasks: list[str] | None = None, as_of: date | None = None, register: bool = True, promote: bool = True
+    ) -> dict[str, Any]:
+        """Train, log, register and gate ``tasks``; with ``promote=False`` versions are registered
+        and gated (the verdict is recorded) but ``champion`` never moves."""
         names = tasks or list(self.settings.tasks)
         plans = self.plans(names, as_of)
-        configure(self.settings)
+        experiment_id = configure(self.settings)
         results: dict[str, TaskResult] = {}
         run_name = f"train {max(p.test for p in plans.values())}"
-        with mlflow.start_run(run_name=run_name) as parent:
+        with mlflow.start_run(run_name=run_name, experiment_id=experiment_id) as parent:
             mlflow.set_tags({"propensity.code_version": code_version(), "propensity.lake": self.settings.lake_uri})
             mlflow.log_params({"tasks": ",".join(names), "as_of": str(as_of) if as_of else "latest"})
             for name in names:
-                with mlflow.start_run(run_name=name, nested=True) as child:
+                with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as child:
                     r, fr, base_scores = self.train_task(name, plans[name], names)
                     r.run_id = child.info.run_id
-                    self.log_task(r, fr, base_scores, register)
+                    self.log_task(r, fr, base_scores, register, promote)
                     results[name] = r
                     log.info(
                         "%s: test AUC %.4f (valid %.4f, logreg %.4f, heuristic %.4f, oracle %s), ECE %.4f, "

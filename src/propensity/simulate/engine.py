@@ -41,7 +41,20 @@ from propensity.simulate.world import (
 US_PER_DAY = 86_400_000_000
 CHANNELS = ("email", "sms", "push")
 N_TYPES = len(EVENT_TYPES)
-T_PAGE, T_SEARCH, T_VIEW, T_FAV, T_CART, T_REMOVE, T_CHECKOUT, T_PURCHASE = range(N_TYPES)
+# codes are positions in the contract's EVENT_TYPES, looked up by name (the order there is the contract's)
+T_PAGE, T_SEARCH, T_VIEW, T_FAV, T_CART, T_REMOVE, T_CHECKOUT, T_PURCHASE = (
+    EVENT_TYPES.index(name)
+    for name in (
+        "page_view",
+        "search",
+        "product_view",
+        "favorite",
+        "add_to_cart",
+        "remove_from_cart",
+        "checkout",
+        "purchase",
+    )
+)
 
 
 @dataclass
