@@ -953,7 +953,7 @@ def test_mlflow_service_runs_natively_with_the_compose_settings(
         assert status(server, "localhost:5000") == 200  # the browser, through the published port
         assert status(server, "attacker.example:5000") == 403
         # artifacts go through the server (mlflow-artifacts:/) into the S3 bucket
-        client = MlflowClient(tracking_uri=server.tracking_uri)
+        client = MlflowClient(tracking_uri=server.tracking_uri, registry_uri=server.tracking_uri)
         experiment = client.create_experiment(f"compose-{uuid.uuid4().hex[:8]}")
         run = client.create_run(experiment)
         client.log_text(run.info.run_id, "hello lake", "probe/hello.txt")

@@ -943,7 +943,8 @@ def test_train_models_maps_over_tasks_registers_and_gates(train_runs, airflow_en
     # the MLflow XCom the link plugin reads, per mapped instance
     xcoms = _mlflow_xcoms(airflow_env, run["run_id"])
     assert set(xcoms) == {0, 1}
-    client = MlflowClient(env["PROPENSITY_MLFLOW_TRACKING_URI"])
+    uri = env["PROPENSITY_MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not a registry another test made the default
     experiment = client.get_experiment_by_name("propensity")
     for index, task in enumerate(("conversion", "repurchase")):
         ml = xcoms[index]

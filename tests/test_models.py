@@ -79,7 +79,7 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     assert r["test_auc"] > 0.7 and r["oracle_auc"] is not None and r["oracle_auc"] >= r["test_auc"] - 0.05
     assert r["test_auc"] > max(v for v in r["baseline_auc"].values() if v is not None) - 0.02
     assert 0 <= r["ece"] < 0.1
-    client = MlflowClient(mlflow_server.tracking_uri)
+    client = MlflowClient(mlflow_server.tracking_uri, registry_uri=mlflow_server.tracking_uri)
     assert client.get_model_version_by_alias("propensity-churn", "champion").version == "1"
     v1 = client.get_model_version("propensity-churn", "1")
     assert v1.tags["gate.decision"] == "promoted" and {"snapshot", "data_digest", "code_version"} <= set(v1.tags)
