@@ -192,21 +192,33 @@ def _task_name(task: str) -> str:
     return task
 
 
+def task_asset_name(zone: str, task: str) -> str:
+    """Airflow Asset name of one propensity task's output in ``zone``, e.g. ``labels.churn``."""
+    return f"{zone}.{_task_name(task)}"
+
+
+def task_asset_uri(zone: str, task: str) -> str:
+    """Asset URI of one propensity task's output in ``zone``, e.g. ``propensity://labels/churn``."""
+    return f"{ASSET_SCHEME}://{zone}/{_task_name(task)}"
+
+
+def task_asset(zone: str, task: str) -> Asset:
+    from airflow.sdk import Asset
+
+    return Asset(name=task_asset_name(zone, task), uri=task_asset_uri(zone, task), group=zone)
+
+
 def labels_asset_name(task: str) -> str:
-    """Airflow Asset name of a task's labels, e.g. ``labels.churn``."""
-    return f"{LABELS_ZONE}.{_task_name(task)}"
+    return task_asset_name(LABELS_ZONE, task)
 
 
 def labels_asset_uri(task: str) -> str:
-    """Asset URI of a task's labels, e.g. ``propensity://labels/churn``."""
-    return f"{ASSET_SCHEME}://{LABELS_ZONE}/{_task_name(task)}"
+    return task_asset_uri(LABELS_ZONE, task)
 
 
 def labels_asset(task: str) -> Asset:
-    """The Airflow ``Asset`` updated when ``labels/task=<task>/snapshot=T/`` partitions are published."""
-    from airflow.sdk import Asset
-
-    return Asset(name=labels_asset_name(task), uri=labels_asset_uri(task), group=LABELS_ZONE)
+    """Updated when ``labels/task=<task>/snapshot=T/`` partitions are published."""
+    return task_asset(LABELS_ZONE, task)
 
 
 def snapshot_outlets(tasks: Iterable[str] = SNAPSHOT_TASKS) -> list[Asset]:
@@ -714,20 +726,16 @@ class TrainingRequestError(ValueError):
 
 
 def models_asset_name(task: str) -> str:
-    """Airflow Asset name of a task's served model, e.g. ``models.churn``."""
-    return f"{MODELS_ZONE}.{_task_name(task)}"
+    return task_asset_name(MODELS_ZONE, task)
 
 
 def models_asset_uri(task: str) -> str:
-    """Asset URI of a task's served model, e.g. ``propensity://models/churn``."""
-    return f"{ASSET_SCHEME}://{MODELS_ZONE}/{_task_name(task)}"
+    return task_asset_uri(MODELS_ZONE, task)
 
 
 def models_asset(task: str) -> Asset:
-    """The Airflow ``Asset`` updated when a new version of ``propensity-<task>`` becomes champion."""
-    from airflow.sdk import Asset
-
-    return Asset(name=models_asset_name(task), uri=models_asset_uri(task), group=MODELS_ZONE)
+    """Updated when a new version of ``propensity-<task>`` becomes champion."""
+    return task_asset(MODELS_ZONE, task)
 
 
 def models_alias() -> AssetAlias:
@@ -956,20 +964,16 @@ class ScoringRequestError(ValueError):
 
 
 def scores_asset_name(task: str) -> str:
-    """Airflow Asset name of a task's published scores, e.g. ``scores.churn``."""
-    return f"{SCORES_ZONE}.{_task_name(task)}"
+    return task_asset_name(SCORES_ZONE, task)
 
 
 def scores_asset_uri(task: str) -> str:
-    """Asset URI of a task's published scores, e.g. ``propensity://scores/churn``."""
-    return f"{ASSET_SCHEME}://{SCORES_ZONE}/{_task_name(task)}"
+    return task_asset_uri(SCORES_ZONE, task)
 
 
 def scores_asset(task: str) -> Asset:
-    """The Airflow ``Asset`` updated when ``scores/task=<task>/dt=D/`` is published."""
-    from airflow.sdk import Asset
-
-    return Asset(name=scores_asset_name(task), uri=scores_asset_uri(task), group=SCORES_ZONE)
+    """Updated when ``scores/task=<task>/dt=D/`` is published."""
+    return task_asset(SCORES_ZONE, task)
 
 
 def scores_alias() -> AssetAlias:
