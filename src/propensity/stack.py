@@ -415,13 +415,16 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def migrate_db(cfg: StackConfig, env: Mapping[str, str], timeout: float = 600.0) -> None:
-    """``airflow db migrate`` (creates or upgrades the metadata DB, SQLite unless ``cfg.airflow_db``); output to
-    the stack log folder."""
-    log_path = cfg.log_dir / "db-migrate.log"
+HEAVY_POOL_SLOTS = 3  # of parallelism 4: one slot stays free for the light tasks
+
+
+def airflow_cli(cfg: StackConfig, env: Mapping[str, str], args: Sequence[str], timeout: float = 600.0) -> None:
+    """Run ``airflow <args>`` to completion (own process group, killed on timeout); output to the stack logs."""
+    what = "airflow " + " ".join(args)
+    log_path = cfg.log_dir / f"{'-'.join(args[:2])}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
+            [sys.executable, "-m", "airflow", *args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -435,11 +438,18 @@ def migrate_db(cfg: StackConfig, env: Mapping[str, str], timeout: float = 600.0)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise StackError(
-                f"airflow db migrate did not finish in {timeout:.0f}s; log tail:\n{_log_tail(log_path)}"
-            ) from None
+            raise StackError(f"{what} did not finish in {timeout:.0f}s; log tail:\n{_log_tail(log_path)}") from None
     if code != 0:
-        raise StackError(f"airflow db migrate exited with {code}; log tail:\n{_log_tail(log_path)}")
+        raise StackError(f"{what} exited with {code}; log tail:\n{_log_tail(log_path)}")
+
+
+def migrate_db(cfg: StackConfig, env: Mapping[str, str], timeout: float = 600.0) -> None:
+    """``airflow db migrate`` (creates or upgrades the metadata DB, SQLite unless ``cfg.airflow_db``), then the
+    pool the heavy tasks (snapshot and scoring shards, training) queue in: without it they are never scheduled."""
+    from propensity.orchestration import HEAVY_POOL
+
+    airflow_cli(cfg, env, ["db", "migrate"], timeout)
+    airflow_cli(cfg, env, ["pools", "set", HEAVY_POOL, str(HEAVY_POOL_SLOTS), "snapshots, scoring and training"])
 
 
 def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> dict[str, Any]:
