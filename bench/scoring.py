@@ -53,6 +53,7 @@ import polars as pl
 from propensity.config import ModelConfig, ScoringConfig
 from propensity.features.catalogue import categorical_features, feature_names
 from propensity.models.model import Calibrator, CategoryEncoder, PropensityModel, PropensityPyfunc, model_input
+from propensity.models.train import lgb_params
 from propensity.scoring import Champion, predict, reason_codes
 
 CATEGORIES = {
@@ -144,24 +145,7 @@ def train_model(train_rows: int, trees: int, seed: int) -> tuple[PropensityModel
     cut = int(0.75 * train_rows)
     encoder = CategoryEncoder.fit(x.iloc[:cut], cats)
     xm = encoder.transform(x).astype("float64")
-    pos = max(int(y[:cut].sum()), 1)
-    params = {
-        "objective": "binary",
-        "metric": "auc",
-        "learning_rate": m.learning_rate,
-        "num_leaves": m.num_leaves,
-        "min_data_in_leaf": m.min_data_in_leaf,
-        "feature_fraction": m.feature_fraction,
-        "bagging_fraction": m.bagging_fraction,
-        "bagging_freq": 1,
-        "lambda_l2": m.lambda_l2,
-        "scale_pos_weight": float(np.sqrt((cut - pos) / pos)),
-        "seed": m.seed,
-        "deterministic": True,
-        "force_row_wise": True,
-        "num_threads": m.threads,
-        "verbosity": -1,
-    }
+    params = lgb_params(m, y[:cut])  # exactly what Trainer.fit uses
     dtrain = lgb.Dataset(xm.iloc[:cut], y[:cut], categorical_feature=cats, free_raw_data=False)
     dvalid = lgb.Dataset(xm.iloc[cut:], y[cut:], categorical_feature=cats, reference=dtrain)
     booster = lgb.train(

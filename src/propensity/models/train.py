@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from propensity.config import Settings
+from propensity.config import ModelConfig, Settings
 from propensity.features.catalogue import categorical_features, feature_names
 from propensity.features.snapshot import Snapshot, SnapshotBuilder
 from propensity.features.training import SnapshotPlan, plan_snapshots, stack
@@ -119,6 +119,30 @@ def logreg_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     return pipe.predict_proba(prep(test))[:, 1]
 
 
+def lgb_params(m: ModelConfig, y_train: np.ndarray) -> dict[str, Any]:
+    """LightGBM parameters of a training run: the configured model, deterministic, imbalance-aware."""
+    pos = max(int(np.sum(y_train)), 1)
+    return {
+        "objective": "binary",
+        "metric": "auc",
+        "learning_rate": m.learning_rate,
+        "num_leaves": m.num_leaves,
+        "min_data_in_leaf": m.min_data_in_leaf,
+        "feature_fraction": m.feature_fraction,
+        "bagging_fraction": m.bagging_fraction,
+        "bagging_freq": 1,
+        "lambda_l2": m.lambda_l2,
+        # imbalance: moderate up-weighting of positives; calibration restores probabilities
+        "scale_pos_weight": float(np.sqrt((len(y_train) - pos) / pos)),
+        "seed": m.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "feature_pre_filter": False,  # lets tuning vary min_data_in_leaf on one Dataset
+        "num_threads": m.threads,
+        "verbosity": -1,
+    }
+
+
 class Trainer:
     def __init__(
         self, settings: Settings, builder: SnapshotBuilder | None = None, snapshots: dict[date, Snapshot] | None = None
@@ -172,26 +196,7 @@ class Trainer:
         y_train, y_valid = fr.train["label"].to_numpy(), fr.valid["label"].to_numpy()
         if len(np.unique(y_train)) < 2 or len(np.unique(y_valid)) < 2:
             raise ValueError("training and validation snapshots need both positive and negative labels")
-        pos = max(y_train.sum(), 1)
-        params = {
-            "objective": "binary",
-            "metric": "auc",
-            "learning_rate": m.learning_rate,
-            "num_leaves": m.num_leaves,
-            "min_data_in_leaf": m.min_data_in_leaf,
-            "feature_fraction": m.feature_fraction,
-            "bagging_fraction": m.bagging_fraction,
-            "bagging_freq": 1,
-            "lambda_l2": m.lambda_l2,
-            # imbalance: moderate up-weighting of positives; calibration restores probabilities
-            "scale_pos_weight": float(np.sqrt((len(y_train) - pos) / pos)),
-            "seed": m.seed,
-            "deterministic": True,
-            "force_row_wise": True,
-            "feature_pre_filter": False,  # lets tuning vary min_data_in_leaf on one Dataset
-            "num_threads": m.threads,
-            "verbosity": -1,
-        }
+        params = lgb_params(m, y_train)
         xt, xv = encoder.transform(x_train).astype("float64"), encoder.transform(x_valid).astype("float64")
         dtrain = lgb.Dataset(xt, y_train, categorical_feature=cats, free_raw_data=False)
         dvalid = lgb.Dataset(xv, y_valid, categorical_feature=cats, reference=dtrain)
