@@ -39,9 +39,7 @@ import contextlib
 import json
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -54,7 +52,7 @@ import pytest
 from propensity.config import DirtConfig, Settings
 from propensity.contracts import TABLES
 from propensity.services import LOOPBACK, PostgresServer, S3Server, free_port
-from propensity.stack import REPO_ROOT, StackConfig, start, stop
+from propensity.stack import REPO_ROOT, StackConfig, http_json, start, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -93,8 +91,6 @@ SMALL_SETTINGS = {
 # per-stage bounds (seconds): about three times what each stage takes on 2 cores (the test: ~5 min)
 STAGE_TIMEOUT = {"dags": 120, "collect": 180, "validate": 360, "features": 180, "train": 300, "score": 240}
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never via a proxy
-
 
 # --------------------------------------------------------------------------- REST client
 
@@ -114,20 +110,9 @@ class AirflowApi:
         url = self.base_url + path
         if query:
             url += "?" + urllib.parse.urlencode(query, doseq=True)
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if auth:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, headers=headers, method=method)
-        try:
-            with _OPENER.open(req, timeout=60) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        answer = http_json(url, method, body, self.token if auth else None, timeout=60)
+        assert answer is not None, f"{method} {url}: no answer"
+        return answer
 
     def call(self, method: str, path: str, body: Any = None, expect: int = 200, **query: Any) -> Any:
         status, answer = self.request(method, f"/api/v2{path}", body, query or None)
@@ -553,12 +538,11 @@ def _check_registry_and_links(it: Integration, train_run_id: str) -> None:
         assert version_url == f"{it.mlflow_url}/#/models/propensity-{task}/versions/{champion.version}", links
 
         # the link opens on the running server (the #fragment stays in the browser) and the run exists there
-        with _OPENER.open(url, timeout=30) as resp:
-            assert resp.status == 200, url
+        assert (http_json(url, timeout=30) or (None,))[0] == 200, url
         api_url = f"{it.mlflow_url}/api/2.0/mlflow/runs/get?run_id={champion.run_id}"
-        with _OPENER.open(api_url, timeout=30) as resp:
-            assert resp.status == 200
-            run = json.loads(resp.read())["run"]
+        status, answer = http_json(api_url, timeout=30) or (None, None)
+        assert status == 200, answer
+        run = answer["run"]
         assert run["info"]["experiment_id"] == payload["experiment_id"], run["info"]
     assert it.keys("mlflow", "artifacts/"), "MLflow artifacts did not land in the S3 bucket"
 

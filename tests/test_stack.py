@@ -15,8 +15,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from propensity.stack import (
     airflow_env,
     alive,
     daemon_commands,
+    http_json,
     mlflow_env,
     read_state,
     spawn,
@@ -41,7 +40,6 @@ from propensity.stack import (
 )
 
 REPO_DAGS = {"shop_collect", "shop_validate", "build_features"}
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _config(tmp_path: Path, **overrides: Any) -> StackConfig:
@@ -139,21 +137,8 @@ def test_stop_reaches_escaped_groups_escalates_and_spares_others(tmp_path: Path)
 # --------------------------------------------------------------------------- the real stack
 
 
-def _request(url: str, data: dict[str, Any] | None = None, token: str | None = None) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    body = json.dumps(data).encode() if data is not None else None
-    request = urllib.request.Request(url, data=body, headers=headers)
-    try:
-        with _OPENER.open(request, timeout=30) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
+def _request(url: str, data: dict[str, Any] | None = None, token: str | None = None) -> tuple[int, Any] | None:
+    return http_json(url, "POST" if data is not None else "GET", data, token, timeout=30)
 
 
 def _sessions_alive(sids: set[int]) -> list[str]:

@@ -478,24 +478,37 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
     }
 
 
-def _http_json(url: str, timeout: float = 3.0) -> tuple[int, Any] | None:
-    """(status, parsed JSON or text) of a GET, or None if nothing answers yet."""
+def http_json(
+    url: str, method: str = "GET", body: Any = None, token: str | None = None, timeout: float = 3.0
+) -> tuple[int, Any] | None:
+    """(status, parsed JSON or text, None for an empty body) of one request to a loopback service
+    (never through a proxy), or None if nothing answers yet. HTTP errors are answers, not exceptions."""
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
-        with _OPENER.open(url, timeout=timeout) as resp:
-            status, body = resp.status, resp.read()
+        with _OPENER.open(request, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
+        status, raw = exc.code, exc.read()
     except (urllib.error.URLError, OSError):
         return None
+    if not raw:
+        return status, None
     try:
-        return status, json.loads(body)
+        return status, json.loads(raw)
     except ValueError:
-        return status, body.decode(errors="replace")
+        return status, raw.decode(errors="replace")
 
 
 def airflow_ready(cfg: StackConfig) -> bool:
     """Airflow's health endpoint answers and the scheduler and DAG processor are heartbeating."""
-    answer = _http_json(f"{cfg.airflow_url}/api/v2/monitor/health")
+    answer = http_json(f"{cfg.airflow_url}/api/v2/monitor/health")
     if answer is None or answer[0] != 200 or not isinstance(answer[1], dict):
         return False
     health = answer[1]
@@ -505,7 +518,7 @@ def airflow_ready(cfg: StackConfig) -> bool:
 
 def mlflow_ready(cfg: StackConfig) -> bool:
     """MLflow's ``/health`` answers 200."""
-    answer = _http_json(f"{cfg.mlflow_url}/health")
+    answer = http_json(f"{cfg.mlflow_url}/health")
     return answer is not None and answer[0] == 200
 
 
