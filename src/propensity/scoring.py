@@ -169,8 +169,7 @@ def reason_codes(model: PropensityModel, frame: pl.DataFrame, k: int = 3) -> lis
     """Per row, the ``k`` features with the largest positive contributions (TreeSHAP), best first."""
     if frame.height == 0 or k == 0:
         return [[None] * k for _ in range(frame.height)]
-    x = model_input(frame.select(model.features).to_pandas(), model.features, set(model.encoder.mapping))
-    contrib = model.contributions(x)[:, :-1]  # drop the bias column
+    contrib = model.booster.predict(model.matrix_from_polars(frame), pred_contrib=True)[:, :-1]  # drop the bias
     top = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
     names = np.array(model.features, dtype=object)
     out = []
@@ -179,15 +178,20 @@ def reason_codes(model: PropensityModel, frame: pl.DataFrame, k: int = 3) -> lis
     return out
 
 
-def with_reasons(scores: pl.DataFrame, ids: pl.Series, reasons: list[list[str | None]]) -> pl.DataFrame:
-    """``scores`` with reason columns filled for ``ids`` (in the order of ``reasons``)."""
-    if not len(ids):
-        return scores
-    k = len(REASON_COLUMNS)
-    fill = pl.DataFrame(
-        {KEY: ids, **{f"_{c}": [r[i] if i < len(r) else None for r in reasons] for i, c in enumerate(REASON_COLUMNS)}},
-        schema={KEY: pl.String, **{f"_{c}": pl.String for c in REASON_COLUMNS[:k]}},
+def reason_frame(ids: pl.Series, reasons: list[list[str | None]]) -> pl.DataFrame:
+    """``customer_id`` + ``reason_1..3`` from :func:`reason_codes` (shorter lists padded with nulls)."""
+    padded = [(list(r) + [None] * len(REASON_COLUMNS))[: len(REASON_COLUMNS)] for r in reasons]
+    return pl.DataFrame(
+        {KEY: ids, **{c: [r[i] for r in padded] for i, c in enumerate(REASON_COLUMNS)}},
+        schema={KEY: pl.String, **{c: pl.String for c in REASON_COLUMNS}},
     )
+
+
+def with_reasons(scores: pl.DataFrame, reasons: pl.DataFrame) -> pl.DataFrame:
+    """``scores`` with the reason columns of :func:`reason_frame` filled in for its customers."""
+    if not reasons.height:
+        return scores
+    fill = reasons.rename({c: f"_{c}" for c in REASON_COLUMNS})
     joined = scores.join(fill, on=KEY, how="left")
     return joined.with_columns([pl.coalesce(f"_{c}", c).alias(c) for c in REASON_COLUMNS]).select(scores.columns)
 

@@ -22,10 +22,17 @@ import polars as pl
 from propensity.audiences.composition import Composition, compare, markdown
 from propensity.audiences.publish import csv_bytes, pseudonymize, publish_export, resolve_salt, write_crm
 from propensity.audiences.select import KEY, SUPPRESSION_REASONS, Selection, control_draw, select_all
-from propensity.audiences.spec import AudienceSpec, load_audiences
+from propensity.audiences.spec import load_audiences
 from propensity.config import Settings
 from propensity.lake import Lake
-from propensity.scoring import REASON_COLUMNS, load_champion, reason_codes, with_reasons
+from propensity.scoring import (
+    REASON_COLUMNS,
+    load_champion,
+    publish_frame,
+    reason_codes,
+    reason_frame,
+    with_reasons,
+)
 from propensity.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -101,20 +108,23 @@ def recent_contacts(lake: Lake, d: date, days: int) -> pl.DataFrame:
     return both.group_by(KEY).agg(pl.len().alias("contacts_recent"))
 
 
-def candidates(settings: Settings, lake: Lake, d: date, tasks: list[str]) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """One row per customer: features, profile tags, every task's score and decile, recent contacts."""
+def candidates(
+    settings: Settings, lake: Lake, d: date, tasks: list[str]
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+    """One row per customer: features, profile tags, every task's score and decile, recent contacts;
+    and the scores frames read, per task."""
     day = d.isoformat()
     feats = _read(lake, "features", {"snapshot": day})
     profiles = _read(lake, "profiles", {"snapshot": day})
     if feats is None or profiles is None:
         raise ValueError(f"features/profiles at snapshot={day} are not published: run propensity score --date {day}")
     c = feats.join(profiles.drop("snapshot", strict=False), on=KEY, how="left")
-    models = {}
+    scores = {}
     for task in tasks:
         sc = _read(lake, "scores", {"task": task, "dt": day})
         if sc is None:
             raise ValueError(f"scores/task={task}/dt={day} is not published: run propensity score --date {day} first")
-        models[task] = {k: sc[k][0] if sc.height else None for k in ("model_name", "model_version", "run_id")}
+        scores[task] = sc
         c = c.join(
             sc.select(KEY, pl.col("score").alias(f"{task}_score"), pl.col("decile").alias(f"{task}_decile")),
             on=KEY,
@@ -124,7 +134,13 @@ def candidates(settings: Settings, lake: Lake, d: date, tasks: list[str]) -> tup
     c = c.with_columns(pl.Series("customer_hash", control_draw(c[KEY], "customer_hash", date(1970, 1, 1))))
     contacts = recent_contacts(lake, d, settings.audiences.frequency_days)
     c = c.join(contacts, on=KEY, how="left").with_columns(pl.col("contacts_recent").fill_null(0))
-    return c.sort(KEY), models
+    return c.sort(KEY), scores
+
+
+def score_models(scores: dict[str, pl.DataFrame]) -> dict[str, dict[str, Any]]:
+    """Per task, the model that made its scores (name, version, run id)."""
+    cols = ("model_name", "model_version", "run_id")
+    return {t: {k: sc[k][0] if sc.height else None for k in cols} for t, sc in scores.items()}
 
 
 def add_reasons(settings: Settings, sel: list[Selection], cands: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -140,12 +156,7 @@ def add_reasons(settings: Settings, sel: list[Selection], cands: pl.DataFrame) -
             continue
         model = load_champion(settings, task).model
         rows = cands.join(ids, on=KEY, how="semi")
-        rs = reason_codes(model, rows, k) if k else [[None] * 3 for _ in range(rows.height)]
-        rs = [(r + [None] * 3)[:3] for r in rs]
-        table = pl.DataFrame(
-            {KEY: rows[KEY], **{c: [r[i] for r in rs] for i, c in enumerate(REASON_COLUMNS)}},
-            schema={KEY: pl.String, **{c: pl.String for c in REASON_COLUMNS}},
-        )
+        table = reason_frame(rows[KEY], reason_codes(model, rows, k))
         filled[task] = table
         for s in group:
             s.members = s.members.join(table, on=KEY, how="left").sort("rank")
@@ -163,13 +174,13 @@ def build(settings: Settings, d: date, names: list[str] | None = None, dry_run: 
     specs = book.ordered(names)
     lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
     tasks = sorted({s.task for s in specs} | {t for t in settings.tasks if f"{t}_" in " ".join(s.rule for s in specs)})
-    cands, models = candidates(settings, lake, d, tasks)
+    cands, scores = candidates(settings, lake, d, tasks)
     sel = select_all(cands, specs, d, cfg.frequency_cap, cfg.control_fraction)
     reasons = add_reasons(settings, sel, cands)
     salt = resolve_salt(settings)
     for s in sel:
         s.members = s.members.with_columns(pseudonymize(s.members[KEY], salt))
-    run = AudienceRun(d, sel, models=models, dry_run=dry_run)
+    run = AudienceRun(d, sel, models=score_models(scores), dry_run=dry_run)
     dims = [c for c in ("country", "lifecycle_stage", "gender", "age_band") if c in cands.columns]
     for s in sel:
         base = cands.filter(pl.col(f"{s.spec.task}_score").is_not_null()).select(KEY, *dims)
@@ -186,7 +197,7 @@ def build(settings: Settings, d: date, names: list[str] | None = None, dry_run: 
         for w in comp.warnings:
             log.warning("composition: %s", w)
     if not dry_run:
-        publish(settings, lake, run, book, specs, reasons)
+        publish(settings, lake, run, book, scores, reasons)
     return run
 
 
@@ -219,18 +230,16 @@ def publish(
     lake: Lake,
     run: AudienceRun,
     book: Any,
-    specs: list[AudienceSpec],
+    scores: dict[str, pl.DataFrame],
     reasons: dict[str, pl.DataFrame],
 ) -> None:
     day = run.date.isoformat()
     store = open_store(settings.export_uri, settings.s3_endpoint_url)
-    for task, table in reasons.items():
-        sc = _read(lake, "scores", {"task": task, "dt": day})
-        if sc is not None:
-            meta = lake.manifest("scores", "", {"task": task, "dt": day}) or {}
-            keep = {k: meta[k] for k in ("model_name", "model_version", "run_id", "snapshot") if k in meta}
-            updated = with_reasons(sc.select([c for c in sc.columns]), table[KEY], table.drop(KEY).rows())
-            lake.write_partition("scores", "", {"task": task, "dt": day}, updated.to_arrow(), keep)
+    for task, table in reasons.items():  # the day's scores again, with the members' reason codes
+        m = run.models[task]
+        publish_frame(
+            lake, task, day, with_reasons(scores[task], table), m["model_name"], m["model_version"], m["run_id"]
+        )
     for s in run.selections:
         doc = manifest(run, s, book.rule_hash(s.spec))
         lake.write_partition(ZONE, "", {"audience": s.spec.name, "dt": day}, s.members.to_arrow(), doc)
