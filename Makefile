@@ -10,8 +10,8 @@ UV = $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export PROPENSITY_HOME ?= $(CURDIR)/var
 
 DEMO_CUSTOMERS ?= 20000
-DEMO_DAYS ?= 365
-DEMO_START ?= 2025-01-01
+DEMO_DAYS ?= 730
+DEMO_START ?= 2024-01-01
 DEMO_END ?= $(shell $(PYTHON) -c "import datetime as d; print(d.date.fromisoformat('$(DEMO_START)') + d.timedelta(days=$(DEMO_DAYS) - 1))")
 PYTEST_ARGS ?=
 

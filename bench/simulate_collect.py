@@ -58,9 +58,7 @@ def main() -> None:
         df.write_ndjson(buf)
         (out / f"{i}.jsonl").write_bytes(buf.getvalue())
     floor_s = time.perf_counter() - t0
-    print(
-        f"  floor (write the events as JSON lines only): {floor_s:.1f} s -> simulator/floor = {sim_s / floor_s:.1f}x"
-    )
+    print(f"  floor (write the events as JSON lines only): {floor_s:.1f} s -> simulator/floor = {sim_s / floor_s:.1f}x")
 
     n = a.collect_days or a.days
     end = start + timedelta(days=n - 1)
@@ -68,9 +66,7 @@ def main() -> None:
     manifests = collect(s, start, end)
     col_s = time.perf_counter() - t0
     rows = sum(rows_per_table(manifests).values())
-    print(
-        f"collect {n} days: {col_s:.1f} s, {len(manifests)} partitions, {rows:,} rows, {rows / col_s:,.0f} rows/s"
-    )
+    print(f"collect {n} days: {col_s:.1f} s, {len(manifests)} partitions, {rows:,} rows, {rows / col_s:,.0f} rows/s")
 
     t0 = time.perf_counter()
     for i, d in enumerate(days[:n]):

@@ -70,8 +70,11 @@ class SimulationConfig(BaseModel):
     """Defaults for ``propensity simulate``; the command line overrides each."""
 
     customers: int = 20_000
-    days: int = 365
-    start: str = "2025-01-01"
+    # two years: a full year of training windows before the test, so every season (and
+    # Black Friday) is in the training data; one year leaves the model blind to the season
+    # of the label window it is calibrated on
+    days: int = 730
+    start: str = "2024-01-01"
     seed: int = 7
     products: int = 1_500
     dirt: DirtConfig = Field(default_factory=DirtConfig)
@@ -169,7 +172,9 @@ class FeatureConfig(BaseModel):
 
     snapshot_every_days: int = Field(14, ge=1)
     training_span_days: int = Field(
-        168, ge=0, description="how far back training snapshots reach (from the latest one)"
+        365,
+        ge=0,
+        description="how far back training snapshots reach (from the latest one); a year covers every season",
     )
     min_history_days: int = Field(60, ge=0, description="first snapshot at least this long after data start")
     holdout: str = Field(
@@ -179,6 +184,13 @@ class FeatureConfig(BaseModel):
         "held out of the training snapshots (more recent training data for short histories)",
     )
     shards: int = Field(1, ge=1, description="customer hash shards for feature building (one mapped Airflow task each)")
+
+
+class CalendarConfig(BaseModel):
+    """The promotion calendar: sales planned in advance (see :mod:`propensity.calendar`)."""
+
+    enabled: bool = Field(True, description="false: no promotions are known (calendar features stay empty)")
+    promotions: Path | None = Field(None, description="calendar YAML; default: conf/promotions.yaml of the project")
 
 
 class ModelConfig(BaseModel):
@@ -277,6 +289,7 @@ class Settings(BaseSettings):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     tasks: dict[str, TaskConfig] = Field(default_factory=default_tasks)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
+    calendar: CalendarConfig = Field(default_factory=CalendarConfig)
     models: ModelConfig = Field(default_factory=ModelConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
@@ -358,6 +371,15 @@ class Settings(BaseSettings):
         if self.audiences.file is not None:
             return self.audiences.file.expanduser().resolve()
         return Path(__file__).resolve().parents[2] / "conf" / "audiences.yaml"
+
+    @property
+    def promotions_file(self) -> Path | None:
+        """The promotion calendar in force, or None when the calendar is disabled."""
+        if not self.calendar.enabled:
+            return None
+        if self.calendar.promotions is not None:
+            return self.calendar.promotions.expanduser().resolve()
+        return Path(__file__).resolve().parents[2] / "conf" / "promotions.yaml"
 
     @property
     def export_uri(self) -> str:

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from propensity.calendar import WINDOWS as CALENDAR_WINDOWS
+from propensity.calendar import PromotionCalendar
 from propensity.features.inputs import ShopData
 
 log = logging.getLogger(__name__)
@@ -297,8 +299,26 @@ def profile_features(d: ShopData, t: datetime) -> pl.DataFrame:
     )
 
 
-def compute_features(d: ShopData, t: datetime, base_currency: str) -> pl.DataFrame:
-    """All features at ``t`` for every customer known at ``t`` (``d`` must already be ``as_of(t)``)."""
+def calendar_features(t: datetime, promotions: PromotionCalendar | None) -> list[pl.Expr]:
+    """Promotions planned for the days after ``t``: the same for every customer of a snapshot.
+
+    They let a model trained over a year of windows tell a Black Friday label window from
+    an ordinary one. Without a calendar (``None``) they are null: unknown, not "no sale".
+    """
+    names = [f"promo_{kind}_next_{w}d" for w in CALENDAR_WINDOWS for kind in ("days", "discount")]
+    if promotions is None:
+        return [pl.lit(None, pl.Float64).alias(n) for n in names]
+    values = promotions.features(t.date(), CALENDAR_WINDOWS)
+    return [pl.lit(values[n], pl.Float64).alias(n) for n in names]
+
+
+def compute_features(
+    d: ShopData, t: datetime, base_currency: str, promotions: PromotionCalendar | None = None
+) -> pl.DataFrame:
+    """All features at ``t`` for every customer known at ``t`` (``d`` must already be ``as_of(t)``).
+
+    ``promotions`` is the shop's promotion calendar (None: not known).
+    """
     o = orders_in_base(d, base_currency)
     items = item_features(d, o, t)
     sessions = sessions_of(d.events)
@@ -320,6 +340,7 @@ def compute_features(d: ShopData, t: datetime, base_currency: str) -> pl.DataFra
         _ratio(pl.col("sessions_90d").fill_null(0) * 7.0, observed).alias("sessions_per_week_90d"),
         _ratio("orders_90d", "sessions_90d").alias("orders_per_session_90d"),
         _ratio("carts_90d", "product_views_90d").alias("cart_rate_90d"),
+        *calendar_features(t, promotions),
     ).drop("__qty_365")
     zero_fill = [
         c

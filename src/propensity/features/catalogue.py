@@ -46,6 +46,10 @@ def feature_names() -> list[str]:
     return [f.name for f in load_catalogue()]
 
 
+def group_features(group: str) -> list[str]:
+    return [f.name for f in load_catalogue() if f.group == group]
+
+
 def categorical_features() -> list[str]:
     return [f.name for f in load_catalogue() if f.categorical]
 

@@ -19,6 +19,7 @@ from functools import cached_property
 
 import polars as pl
 
+from propensity.calendar import PromotionCalendar
 from propensity.config import Settings
 from propensity.features.build import compute_features
 from propensity.features.catalogue import feature_checks
@@ -82,6 +83,12 @@ class SnapshotBuilder:
             self.data_ = ShopData.load(self.lake, columns=USED_COLUMNS)
         return self.data_
 
+    @cached_property
+    def promotions(self) -> PromotionCalendar | None:
+        """The shop's promotion calendar; None when disabled (calendar features stay null)."""
+        path = self.settings.promotions_file
+        return PromotionCalendar.load(path) if path is not None else None
+
     @property
     def observed_until(self) -> date | None:
         """The last day with data: labels are complete only up to the end of it."""
@@ -106,7 +113,7 @@ class SnapshotBuilder:
             ids = data.customers.select("customer_id").unique()
             data = data.for_customers(ids.filter(in_shard(ids["customer_id"], shard, shards)))
         past = data.as_of(t)
-        feats = compute_features(past, t, s.base_currency)
+        feats = compute_features(past, t, s.base_currency, self.promotions)
         profiles = build_profiles(feats, past, t, s.base_currency) if shard is None else pl.DataFrame()
         snap = Snapshot(snapshot, feats, profiles)
         for name in tasks or list(s.tasks):

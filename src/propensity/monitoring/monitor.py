@@ -60,13 +60,20 @@ class MonitorRequestError(ValueError):
 
 def training_reference(settings: Settings, model: Any, frames: Any, test_scores: Any) -> dict[str, Any]:
     """The drift reference of a freshly trained model (``PropensityModel``) from its ``TaskFrames``:
-    profiles of its features over the training rows and of its test-set scores."""
+    profiles of its features over the training rows and of its test-set scores.
+
+    Calendar features (planned promotions) are left out: they are one value per snapshot
+    and move with the calendar by design, so their PSI would breach on every sale.
+    """
+    from propensity.features.catalogue import group_features
     from propensity.models.model import model_input
 
     mon = settings.monitoring
+    planned = set(group_features("calendar"))
+    features = [f for f in model.features if f not in planned]
     return build_reference(
-        model_input(frames.train, model.features),
-        model.features,
+        model_input(frames.train, features),
+        features,
         model.encoder.mapping,
         test_scores,
         bins=mon.bins,

@@ -14,6 +14,7 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 
+from propensity.calendar import PromotionCalendar
 from propensity.config import DirtConfig, Settings
 from propensity.contracts import OLTP_TABLES
 from propensity.simulate import dirt
@@ -95,7 +96,8 @@ def simulate(
         n_events += df.height
         write_events(landing, day, df.to_arrow())
 
-    sim = Simulator(customers, days, start, seed, products=sc.products, shift=sc.shift)
+    promotions = PromotionCalendar.load(settings.promotions_file)
+    sim = Simulator(customers, days, start, seed, products=sc.products, shift=sc.shift, promotions=promotions)
     if campaigns:
         sim.campaigns = campaign_sends(settings, start, sim.cids)
     out = sim.run(on_events)
@@ -140,6 +142,7 @@ def simulate(
             bumps.get("day", empty_i).astype(np.int64),
             bumps.get("value", np.array([], dtype=float)).astype(float),
         ),
+        promotions=promotions,
     ).write(settings.truth_dir)
     phases["drops+truth"] = time.perf_counter() - t2
     return SimReport(

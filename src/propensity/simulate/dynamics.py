@@ -17,10 +17,12 @@ browsing trends up before purchases; past twice the cycle, loyalty decays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import numpy as np
+
+from propensity.calendar import PromotionCalendar
 
 CANCEL_P = 0.03
 CLICK_P = 0.4  # P(click | opened)
@@ -35,10 +37,15 @@ LOW_RATING_BUMP = 0.7  # log-hazard bump on a rating <= 2
 
 @dataclass(frozen=True)
 class Calendar:
-    """Known-in-advance shop calendar: seasonality and promotions, by day index from ``start``."""
+    """Known-in-advance shop calendar: seasonality and promotions, by day index from ``start``.
+
+    The promotions are the shop's calendar (``conf/promotions.yaml`` unless configured
+    otherwise), the same one the pipeline's calendar features read.
+    """
 
     start: date
     days: int
+    promotions: PromotionCalendar = field(default_factory=PromotionCalendar)
 
     def dates(self, t: np.ndarray | int) -> list[date]:
         return [self.start + timedelta(days=int(x)) for x in np.atleast_1d(t)]
@@ -53,14 +60,7 @@ class Calendar:
 
     def promo_depth(self, t: int) -> float:
         """Site-wide discount depth on day ``t`` (0 on ordinary days)."""
-        d = self.start + timedelta(days=t)
-        if (d.month == 11 and 24 <= d.day <= 30) or (d.month == 12 and d.day <= 1):
-            return 0.25  # black friday week
-        if d.month == 1 and 2 <= d.day <= 9:
-            return 0.15  # january sale
-        if d.month == 7 and 1 <= d.day <= 7:
-            return 0.15  # summer sale
-        return 0.0
+        return self.promotions.depth(self.start + timedelta(days=t))
 
     def send_p(self, t: int) -> dict[str, float]:
         mult = PROMO_SEND_MULT if self.promo_depth(t) > 0 else 1.0

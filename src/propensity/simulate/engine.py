@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from propensity.calendar import PromotionCalendar
 from propensity.config import ShiftConfig
 from propensity.contracts import EVENT_TYPES
 from propensity.simulate import campaigns as camp
@@ -104,13 +105,20 @@ def _pick_products(rng: np.random.Generator, cat: Catalogue, aff_cum: np.ndarray
 
 class Simulator:
     def __init__(
-        self, customers: int, days: int, start: date, seed: int, products: int = 1500, shift: ShiftConfig | None = None
+        self,
+        customers: int,
+        days: int,
+        start: date,
+        seed: int,
+        products: int = 1500,
+        shift: ShiftConfig | None = None,
+        promotions: PromotionCalendar | None = None,
     ) -> None:
         self.n, self.days, self.start, self.seed = customers, days, start, seed
         self.shift = shift  # opt-in: without it (or before its day) no draw and no rate changes
         self.campaigns = camp.Campaigns()  # audiences sent back into the shop: see simulate.campaigns
         self.rng = np.random.default_rng(seed)
-        self.cal = dyn.Calendar(start, days)
+        self.cal = dyn.Calendar(start, days, promotions or PromotionCalendar())
         self.cat = Catalogue.draw(self.rng, products)
         self.tr = draw_traits(self.rng, customers, days)
         self.cids = np.array([f"C{i:07d}" for i in range(customers)], dtype=object)

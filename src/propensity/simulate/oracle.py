@@ -11,7 +11,7 @@ yet" path, so no Monte-Carlo noise enters the ceiling.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from propensity.calendar import PromotionCalendar
 from propensity.simulate import dynamics as dyn
 
 TRAIT_COLUMNS = (
@@ -52,6 +53,7 @@ class Truth:
     death_day: np.ndarray  # -1: alive at the end
     purchases: tuple[np.ndarray, np.ndarray]  # (customer index, day) of non-cancelled orders
     bumps: tuple[np.ndarray, np.ndarray, np.ndarray]  # (customer index, day, log-hazard bump)
+    promotions: PromotionCalendar = field(default_factory=PromotionCalendar)  # the calendar the simulator ran on
 
     def write(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -64,6 +66,7 @@ class Truth:
             folder / "bumps.parquet",
         )
         meta = {"start": self.start.isoformat(), "days": self.days, "customers": len(self.customer_ids)}
+        (folder / "promotions.yaml").write_text(self.promotions.dump())
         (folder / "meta.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -82,6 +85,7 @@ class Truth:
             death_day=np.asarray(tr["death_day"]),
             purchases=(p.column("idx").to_numpy(), p.column("day").to_numpy()),
             bumps=(b.column("idx").to_numpy(), b.column("day").to_numpy(), b.column("value").to_numpy()),
+            promotions=_promotions(folder),
         )
 
     def state_at(self, t: int) -> dict[str, np.ndarray]:
@@ -117,7 +121,7 @@ class Truth:
             raise ValueError(f"snapshot {snapshot} is before the simulation start {self.start}")
         st = self.state_at(t0)
         tr = self.traits
-        cal = dyn.Calendar(self.start, self.days)
+        cal = dyn.Calendar(self.start, self.days, self.promotions)
         a_np = st["alive"].astype(float)  # alive and no purchase yet
         a_ns = a_np.copy()  # alive and no session/purchase yet
         dead_np = 1.0 - a_np
@@ -145,6 +149,15 @@ class Truth:
                 "p_inactive": np.clip((a_ns + dead_ns)[ex], 0.0, 1.0),
             }
         )
+
+
+def _promotions(folder: Path) -> PromotionCalendar:
+    path = folder / "promotions.yaml"
+    if not path.exists():  # written since the calendar became configurable
+        raise FileNotFoundError(
+            f"{path}: the truth store predates promotion calendars; run `propensity simulate` again"
+        )
+    return PromotionCalendar.load(path)
 
 
 def oracle_probabilities(truth_dir: Path, snapshot: date, horizon: int) -> pa.Table:
