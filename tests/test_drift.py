@@ -41,7 +41,14 @@ from propensity.monitoring.drift import (
     psi_numeric,
     task_drift,
 )
-from propensity.monitoring.monitor import MonitorRequestError, monitor, report_keys, resolve_snapshot, write_report
+from propensity.monitoring.monitor import (
+    MonitorRequestError,
+    calendar_context,
+    monitor,
+    report_keys,
+    resolve_snapshot,
+    write_report,
+)
 from propensity.simulate import simulate
 from propensity.simulate.engine import Simulator
 
@@ -109,6 +116,8 @@ def test_task_drift_verdict_and_report() -> None:
     assert list(verdict.features)[:3] == verdict.drifted[:3]  # highest PSI first
     by_score = task_drift("t", reference, cur, scores=rng.uniform(size=2000) ** 4)
     assert by_score.breach and by_score.drifted == [] and by_score.score_psi > 0.2
+    sale = task_drift("t", reference, cur, scores=rng.uniform(size=2000) ** 4, score_context="a sale ahead")
+    assert not sale.breach and sale.score_psi > 0.2 and sale.notes == ["score PSI not counted: a sale ahead"]
     missing = task_drift("t", reference, cur.drop("f3"))
     assert "f3" not in missing.features and "absent from the current data: f3" in missing.notes[0]
 
@@ -121,6 +130,16 @@ def test_task_drift_verdict_and_report() -> None:
     lines = report.summary_lines(top=2)
     assert lines[0].startswith("drift t snapshot 2026-06-25: BREACH")
     assert len([ln for ln in lines if ln.startswith("  t ")]) == 2  # the top 2 features
+
+
+def test_scores_are_compared_only_when_the_same_sales_lie_ahead() -> None:
+    s = Settings()  # the shipped calendar: Black Friday week 11-24..12-01, January sale 01-02..01-09
+    ahead = calendar_context(s, "conversion", "2025-12-17", date(2025, 12, 31))
+    assert ahead is not None and "14 days after 2025-12-31 hold 8 sale day(s)" in ahead and "2025-12-17 0" in ahead
+    assert calendar_context(s, "conversion", "2025-03-01", "2025-04-01") is None  # ordinary weeks on both
+    assert calendar_context(s, "conversion", None, "2025-12-31") is None  # an old reference without a test day
+    off = s.model_copy(update={"calendar": s.calendar.model_copy(update={"enabled": False})})
+    assert calendar_context(off, "conversion", "2025-12-17", "2025-12-31") is None
 
 
 # The simulated shift -------------------------------------------------------------------------
@@ -192,7 +211,14 @@ def drill_shops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Settings]
         saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("PROPENSITY_")]}
         try:
             for name, shift in (("stable", None), ("shifted", SHIFT)):
-                settings = load_settings(home=tmp_path_factory.mktemp(f"drift_{name}"), simulation={"shift": shift})
+                # references span the half year before the shift: this shop's history starts with
+                # the simulation, so a year-long span reaches back to when every history was
+                # short, and the purchase-interval features then drift as histories lengthen
+                settings = load_settings(
+                    home=tmp_path_factory.mktemp(f"drift_{name}"),
+                    simulation={"shift": shift},
+                    features={"training_span_days": 168},
+                )
                 simulate(settings, customers=CUSTOMERS, days=DAYS, start=START, seed=SEED, dirt_cfg=CLEAN)
                 bulk_clean(settings)
                 SnapshotBuilder(settings).build_and_publish(CURRENT)

@@ -216,10 +216,14 @@ def task_drift(
     exclude: Iterable[str] = (),
     model: Mapping[str, Any] | None = None,
     scores_dt: str | None = None,
+    score_context: str | None = None,
 ) -> TaskDrift:
     """Compare ``current`` (a frame with the reference's feature columns) and optional current
     ``scores`` with ``reference``; breach when ``min_drifted_features`` features reach
-    ``psi_threshold`` or the score PSI reaches ``score_psi_threshold``."""
+    ``psi_threshold`` or the score PSI reaches ``score_psi_threshold``.
+
+    ``score_context`` says why the scores are not comparable with the reference's (a sale
+    ahead of one and not the other): the score PSI is then reported but not counted."""
     skip = set(exclude)
     notes: list[str] = []
     columns = set(current.columns)
@@ -241,7 +245,9 @@ def task_drift(
     reasons = []
     if len(drifted) >= min_drifted_features:
         reasons.append(f"{len(drifted)} feature(s) with PSI >= {psi_threshold} (at least {min_drifted_features})")
-    if score_psi is not None and score_psi >= score_psi_threshold:
+    if score_psi is not None and score_context:
+        notes.append(f"score PSI not counted: {score_context}")
+    elif score_psi is not None and score_psi >= score_psi_threshold:
         reasons.append(f"score PSI {score_psi:.3f} >= {score_psi_threshold}")
     return TaskDrift(
         task=task,

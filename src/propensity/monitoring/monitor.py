@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from propensity.calendar import PromotionCalendar
 from propensity.config import Settings
+from propensity.features.catalogue import group_features
 from propensity.lake import Lake
 from propensity.monitoring.drift import DriftReport, build_reference, task_drift
 
@@ -60,20 +62,13 @@ class MonitorRequestError(ValueError):
 
 def training_reference(settings: Settings, model: Any, frames: Any, test_scores: Any) -> dict[str, Any]:
     """The drift reference of a freshly trained model (``PropensityModel``) from its ``TaskFrames``:
-    profiles of its features over the training rows and of its test-set scores.
-
-    Calendar features (planned promotions) are left out: they are one value per snapshot
-    and move with the calendar by design, so their PSI would breach on every sale.
-    """
-    from propensity.features.catalogue import group_features
+    profiles of its features over the training rows and of its test-set scores."""
     from propensity.models.model import model_input
 
     mon = settings.monitoring
-    planned = set(group_features("calendar"))
-    features = [f for f in model.features if f not in planned]
     return build_reference(
-        model_input(frames.train, features),
-        features,
+        model_input(frames.train, model.features),
+        model.features,
         model.encoder.mapping,
         test_scores,
         bins=mon.bins,
@@ -198,15 +193,38 @@ def monitor(
             psi_threshold=mon.psi_threshold,
             min_drifted_features=mon.min_drifted_features,
             score_psi_threshold=mon.score_psi_threshold,
-            exclude=mon.exclude,
+            # calendar features (planned promotions) are one value per snapshot and move with
+            # the calendar by design: their PSI would breach on every sale
+            exclude=[*mon.exclude, *group_features("calendar")],
             model=reference.get("model"),
             scores_dt=scores_dt,
+            score_context=calendar_context(settings, task, reference.get("test_snapshot"), day),
         )
         if scores_dt is not None and scores_dt != day:
             notes.append(f"latest scores are from {scores_dt}, before the snapshot")
         drift.notes[:0] = notes
         report.tasks[task] = drift
     return report
+
+
+def calendar_context(settings: Settings, task: str, reference_day: str | None, day: date | str) -> str | None:
+    """Why this snapshot's scores are not comparable with the reference's test scores: the
+    promotion calendar holds a different sale ahead of the two dates, and a model that knows
+    the calendar moves every score with it. None when the days ahead look alike."""
+    path = settings.promotions_file
+    if reference_day is None or path is None:
+        return None
+    h = settings.tasks[task].horizon_days
+    cal = PromotionCalendar.load(path)
+    ref, cur = date.fromisoformat(str(reference_day)), date.fromisoformat(str(day))
+    a, b = cal.features(ref, [h]), cal.features(cur, [h])
+    if a == b:
+        return None
+    return (
+        f"the {h} days after {cur} hold {b[f'promo_days_next_{h}d']:.0f} sale day(s), the {h} days after the "
+        f"reference's test snapshot {ref} {a[f'promo_days_next_{h}d']:.0f} (mean discount "
+        f"{b[f'promo_discount_next_{h}d']:.3f} vs {a[f'promo_discount_next_{h}d']:.3f})"
+    )
 
 
 def report_keys(snapshot: str) -> dict[str, str]:
