@@ -762,7 +762,7 @@ import sqlite3  # noqa: E402
 
 from mlflow import MlflowClient  # noqa: E402
 from test_drift import CURRENT as DRILL_SNAPSHOT  # noqa: E402
-from test_drift import SHIFT_DAY, drill_shops  # noqa: E402
+from test_drift import DRILL_FEATURES, SHIFT_DAY, drill_shops  # noqa: E402
 
 from propensity.orchestration import (  # noqa: E402
     HEAVY_POOL,
@@ -875,6 +875,7 @@ def _drill_env(mlflow_dir: Any) -> dict[str, str]:
         "PROPENSITY_MLFLOW_ARTIFACTS": str(mlflow_dir / "artifacts"),
         "PROPENSITY_MODELS__MAX_ROUNDS": "200",
         "PROPENSITY_MODELS__EARLY_STOPPING_ROUNDS": "20",
+        **{f"PROPENSITY_FEATURES__{k.upper()}": str(v) for k, v in DRILL_FEATURES.items()},
     }
 
 

@@ -172,6 +172,10 @@ def test_shift_is_opt_in_and_starts_on_its_day() -> None:
 START, DAYS, CUSTOMERS, SEED = date(2024, 7, 1), 720, 2000, 11
 END = START + timedelta(days=DAYS - 1)  # 2026-06-20
 CURRENT = END + timedelta(days=1)  # the snapshot after the last observed day
+# references span the half year before the shift: this shop's history starts with the
+# simulation, so a year-long span reaches back to when every history was short, and the
+# purchase-interval features then drift as histories lengthen
+DRILL_FEATURES = {"training_span_days": 168}
 SHIFT_DAY = date(2026, 5, 10)  # the current windows avoid the promotion weeks
 #: an app launch: four times the traffic, mostly in the app, price-sensitive customers
 SHIFT = {
@@ -211,13 +215,8 @@ def drill_shops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Settings]
         saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("PROPENSITY_")]}
         try:
             for name, shift in (("stable", None), ("shifted", SHIFT)):
-                # references span the half year before the shift: this shop's history starts with
-                # the simulation, so a year-long span reaches back to when every history was
-                # short, and the purchase-interval features then drift as histories lengthen
                 settings = load_settings(
-                    home=tmp_path_factory.mktemp(f"drift_{name}"),
-                    simulation={"shift": shift},
-                    features={"training_span_days": 168},
+                    home=tmp_path_factory.mktemp(f"drift_{name}"), simulation={"shift": shift}, features=DRILL_FEATURES
                 )
                 simulate(settings, customers=CUSTOMERS, days=DAYS, start=START, seed=SEED, dirt_cfg=CLEAN)
                 bulk_clean(settings)
