@@ -34,7 +34,7 @@ from propensity.config import Settings
 from propensity.features.catalogue import categorical_features, feature_names
 from propensity.models.metrics import safe_auc
 from propensity.models.model import CategoryEncoder, model_input
-from propensity.models.train import TaskFrames, Trainer, lgb_params
+from propensity.models.train import TaskFrames, Trainer, lgb_params, train_booster
 from propensity.simulate.oracle import Truth
 
 
@@ -69,13 +69,7 @@ def ceiling_auc(trainer: Trainer, fr: TaskFrames, target_train: np.ndarray) -> f
     dtrain = lgb.Dataset(x(fr.train), target_train, categorical_feature=cats)
     # early stopping on the validation snapshot's AUC against its real labels, like the trainer
     dvalid = lgb.Dataset(x(fr.valid), fr.valid["label"].to_numpy(), categorical_feature=cats, reference=dtrain)
-    booster = lgb.train(
-        params,
-        dtrain,
-        num_boost_round=m.max_rounds,
-        valid_sets=[dvalid],
-        callbacks=[lgb.early_stopping(m.early_stopping_rounds, verbose=False)],
-    )
+    booster = train_booster(params, dtrain, dvalid, m)
     p = booster.predict(x(fr.test), num_iteration=booster.best_iteration)
     return float(safe_auc(fr.test["label"].to_numpy(), p))
 

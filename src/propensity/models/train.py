@@ -143,6 +143,17 @@ def lgb_params(m: ModelConfig, y_train: np.ndarray) -> dict[str, Any]:
     }
 
 
+def train_booster(params: dict[str, Any], dtrain: lgb.Dataset, dvalid: lgb.Dataset, m: ModelConfig) -> lgb.Booster:
+    """Boost up to ``max_rounds``, stopping early on the validation snapshot."""
+    return lgb.train(
+        params,
+        dtrain,
+        num_boost_round=m.max_rounds,
+        valid_sets=[dvalid],
+        callbacks=[lgb.early_stopping(m.early_stopping_rounds, verbose=False)],
+    )
+
+
 class Trainer:
     def __init__(
         self, settings: Settings, builder: SnapshotBuilder | None = None, snapshots: dict[date, Snapshot] | None = None
@@ -214,13 +225,7 @@ class Trainer:
                 )
             )
         self.last_params = params
-        booster = lgb.train(
-            params,
-            dtrain,
-            num_boost_round=m.max_rounds,
-            valid_sets=[dvalid],
-            callbacks=[lgb.early_stopping(m.early_stopping_rounds, verbose=False)],
-        )
+        booster = train_booster(params, dtrain, dvalid, m)
         raw_valid = booster.predict(xv, num_iteration=booster.best_iteration)
         calibrator = Calibrator.fit(raw_valid, y_valid, m.calibration)
         booster = booster if booster.best_iteration <= 0 else _truncate(booster)
