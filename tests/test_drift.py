@@ -21,6 +21,7 @@ import pyarrow as pa
 import pytest
 from conftest import CLEAN
 
+from propensity.calendar import PromotionCalendar, known_calendar
 from propensity.collect import Collector
 from propensity.config import Settings, ShiftConfig, load_settings
 from propensity.contracts import TABLES, contract
@@ -133,13 +134,14 @@ def test_task_drift_verdict_and_report() -> None:
 
 
 def test_scores_are_compared_only_when_the_same_sales_lie_ahead() -> None:
-    s = Settings()  # the shipped calendar: Black Friday week 11-24..12-01, January sale 01-02..01-09
-    ahead = calendar_context(s, "conversion", "2025-12-17", date(2025, 12, 31))
+    # the shipped calendar: Black Friday week 11-24..12-01, January sale 01-02..01-09
+    cal = PromotionCalendar.load(Settings().promotions_file)
+    ahead = calendar_context(cal, 14, "2025-12-17", date(2025, 12, 31))
     assert ahead is not None and "14 days after 2025-12-31 hold 8 sale day(s)" in ahead and "2025-12-17 0" in ahead
-    assert calendar_context(s, "conversion", "2025-03-01", "2025-04-01") is None  # ordinary weeks on both
-    assert calendar_context(s, "conversion", None, "2025-12-31") is None  # an old reference without a test day
-    off = s.model_copy(update={"calendar": s.calendar.model_copy(update={"enabled": False})})
-    assert calendar_context(off, "conversion", "2025-12-17", "2025-12-31") is None
+    assert calendar_context(cal, 14, "2025-03-01", "2025-04-01") is None  # ordinary weeks on both
+    assert calendar_context(cal, 14, None, "2025-12-31") is None  # an old reference without a test day
+    off = Settings().model_copy(update={"calendar": Settings().calendar.model_copy(update={"enabled": False})})
+    assert calendar_context(known_calendar(off.promotions_file), 14, "2025-12-17", "2025-12-31") is None
 
 
 # The simulated shift -------------------------------------------------------------------------

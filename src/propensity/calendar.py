@@ -28,6 +28,11 @@ WINDOWS = (14, 30, 60, 90)
 _MONTH_DAY = re.compile(r"^(\d{2})-(\d{2})$")
 
 
+def feature_names(w: int) -> tuple[str, str]:
+    """The calendar features of window ``w``: (sale days ahead, mean discount ahead)."""
+    return f"promo_days_next_{w}d", f"promo_discount_next_{w}d"
+
+
 class CalendarError(ValueError):
     """A promotion calendar entry that cannot be read; the message names file, entry and field."""
 
@@ -40,10 +45,6 @@ class Promotion:
     discount: float
     start: date | tuple[int, int]
     end: date | tuple[int, int]
-
-    @property
-    def recurring(self) -> bool:
-        return isinstance(self.start, tuple)
 
     def active(self, d: date) -> bool:
         if isinstance(self.start, date) and isinstance(self.end, date):
@@ -142,6 +143,13 @@ class PromotionCalendar:
         depths = self.depths(t, max(ws))
         for w in ws:
             part = depths[:w]
-            out[f"promo_days_next_{w}d"] = float(sum(1 for x in part if x > 0))
-            out[f"promo_discount_next_{w}d"] = float(sum(part) / w)
+            days, discount = feature_names(w)
+            out[days] = float(sum(1 for x in part if x > 0))
+            out[discount] = float(sum(part) / w)
         return out
+
+
+def known_calendar(path: Path | None) -> PromotionCalendar | None:
+    """The calendar the pipeline knows: None when none is configured (features stay null),
+    as opposed to an empty calendar (known: no sales)."""
+    return PromotionCalendar.load(path) if path is not None else None

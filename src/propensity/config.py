@@ -22,6 +22,9 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "PROPENSITY_CONFIG"
+#: the project's conf/ (audience declarations, promotion calendar): the defaults of ``audiences.file``
+#: and ``calendar.promotions``
+PROJECT_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 class DirtConfig(BaseModel):
@@ -370,7 +373,7 @@ class Settings(BaseSettings):
     def audiences_file(self) -> Path:
         if self.audiences.file is not None:
             return self.audiences.file.expanduser().resolve()
-        return Path(__file__).resolve().parents[2] / "conf" / "audiences.yaml"
+        return PROJECT_CONF / "audiences.yaml"
 
     @property
     def promotions_file(self) -> Path | None:
@@ -379,7 +382,7 @@ class Settings(BaseSettings):
             return None
         if self.calendar.promotions is not None:
             return self.calendar.promotions.expanduser().resolve()
-        return Path(__file__).resolve().parents[2] / "conf" / "promotions.yaml"
+        return PROJECT_CONF / "promotions.yaml"
 
     @property
     def export_uri(self) -> str:

@@ -16,6 +16,7 @@ import polars as pl
 
 from propensity.calendar import WINDOWS as CALENDAR_WINDOWS
 from propensity.calendar import PromotionCalendar
+from propensity.calendar import feature_names as calendar_names
 from propensity.features.inputs import ShopData
 
 log = logging.getLogger(__name__)
@@ -305,7 +306,7 @@ def calendar_features(t: datetime, promotions: PromotionCalendar | None) -> list
     They let a model trained over a year of windows tell a Black Friday label window from
     an ordinary one. Without a calendar (``None``) they are null: unknown, not "no sale".
     """
-    names = [f"promo_{kind}_next_{w}d" for w in CALENDAR_WINDOWS for kind in ("days", "discount")]
+    names = [n for w in CALENDAR_WINDOWS for n in calendar_names(w)]
     if promotions is None:
         return [pl.lit(None, pl.Float64).alias(n) for n in names]
     values = promotions.features(t.date(), CALENDAR_WINDOWS)

@@ -19,7 +19,7 @@ from functools import cached_property
 
 import polars as pl
 
-from propensity.calendar import PromotionCalendar
+from propensity.calendar import PromotionCalendar, known_calendar
 from propensity.config import Settings
 from propensity.features.build import compute_features
 from propensity.features.catalogue import feature_checks
@@ -86,8 +86,7 @@ class SnapshotBuilder:
     @cached_property
     def promotions(self) -> PromotionCalendar | None:
         """The shop's promotion calendar; None when disabled (calendar features stay null)."""
-        path = self.settings.promotions_file
-        return PromotionCalendar.load(path) if path is not None else None
+        return known_calendar(self.settings.promotions_file)
 
     @property
     def observed_until(self) -> date | None:

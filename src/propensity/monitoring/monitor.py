@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from propensity.calendar import PromotionCalendar
+from propensity.calendar import PromotionCalendar, feature_names, known_calendar
 from propensity.config import Settings
 from propensity.features.catalogue import group_features
 from propensity.lake import Lake
@@ -167,6 +167,7 @@ def monitor(
     lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
     day = resolve_snapshot(lake, snapshot)
     mon = settings.monitoring
+    calendar = known_calendar(settings.promotions_file)
     report = DriftReport(day, mon.psi_threshold, mon.min_drifted_features, mon.score_psi_threshold)
     table = lake.read_partition(FEATURES_ZONE, "", {"snapshot": day})
     features = pl.from_arrow(table) if table is not None else None
@@ -198,7 +199,9 @@ def monitor(
             exclude=[*mon.exclude, *group_features("calendar")],
             model=reference.get("model"),
             scores_dt=scores_dt,
-            score_context=calendar_context(settings, task, reference.get("test_snapshot"), day),
+            score_context=calendar_context(
+                calendar, settings.tasks[task].horizon_days, reference.get("test_snapshot"), day
+            ),
         )
         if scores_dt is not None and scores_dt != day:
             notes.append(f"latest scores are from {scores_dt}, before the snapshot")
@@ -207,23 +210,23 @@ def monitor(
     return report
 
 
-def calendar_context(settings: Settings, task: str, reference_day: str | None, day: date | str) -> str | None:
+def calendar_context(
+    calendar: PromotionCalendar | None, horizon: int, reference_day: str | None, day: date | str
+) -> str | None:
     """Why this snapshot's scores are not comparable with the reference's test scores: the
-    promotion calendar holds a different sale ahead of the two dates, and a model that knows
-    the calendar moves every score with it. None when the days ahead look alike."""
-    path = settings.promotions_file
-    if reference_day is None or path is None:
+    promotion calendar holds a different sale in the ``horizon`` days ahead of the two dates,
+    and a model that knows the calendar moves every score with it. None when the days ahead
+    look alike, or without a calendar."""
+    if reference_day is None or calendar is None:
         return None
-    h = settings.tasks[task].horizon_days
-    cal = PromotionCalendar.load(path)
     ref, cur = date.fromisoformat(str(reference_day)), date.fromisoformat(str(day))
-    a, b = cal.features(ref, [h]), cal.features(cur, [h])
+    a, b = calendar.features(ref, [horizon]), calendar.features(cur, [horizon])
     if a == b:
         return None
+    days, discount = feature_names(horizon)
     return (
-        f"the {h} days after {cur} hold {b[f'promo_days_next_{h}d']:.0f} sale day(s), the {h} days after the "
-        f"reference's test snapshot {ref} {a[f'promo_days_next_{h}d']:.0f} (mean discount "
-        f"{b[f'promo_discount_next_{h}d']:.3f} vs {a[f'promo_discount_next_{h}d']:.3f})"
+        f"the {horizon} days after {cur} hold {b[days]:.0f} sale day(s), the {horizon} days after the "
+        f"reference's test snapshot {ref} {a[days]:.0f} (mean discount {b[discount]:.3f} vs {a[discount]:.3f})"
     )
 
 
