@@ -47,18 +47,18 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from propensity.contracts import TABLES
 from propensity.orchestration import (
     HEAVY_POOL,
     SNAPSHOT_EXECUTION_TIMEOUT,
-    SNAPSHOT_TASKS,
     SnapshotRequestError,
     build_snapshot_shard,
     clean_asset,
     default_task_args,
+    features_params,
     io_task_args,
     merge_snapshot_shards,
     snapshot_dates_for_run,
@@ -80,32 +80,7 @@ log = logging.getLogger("propensity.dags.build_features")
     tags=["propensity", "features", "snapshot"],
     default_args=default_task_args(),
     doc_md=__doc__,
-    params={
-        "snapshot": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Snapshot date",
-            description="Snapshot date T (features from data before T); overrides the date derived from the "
-            "triggering clean asset events. With 'plan': the latest test snapshot of the plans.",
-        ),
-        "tasks": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "string", "enum": list(SNAPSHOT_TASKS)},
-            uniqueItems=True,
-            examples=list(SNAPSHOT_TASKS),
-            title="Tasks",
-            description="Propensity tasks to build labels for; empty builds all configured tasks.",
-        ),
-        "plan": Param(
-            False,
-            type="boolean",
-            title="Training plan",
-            description="Build every snapshot of the tasks' out-of-time training plans (train, validation, test "
-            "dates; what 'propensity run --through features' builds) instead of one snapshot.",
-        ),
-    },
+    params=features_params(),
 )
 def build_features():
     @task

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -662,38 +662,38 @@ def validation_extra(outcomes: Iterable[Any]) -> dict[str, Any]:
     }
 
 
+def date_param(title: str, description: str) -> Any:
+    """An optional date in a trigger form (empty: the DAG's own default, which ``description`` names)."""
+    from airflow.sdk import Param
+
+    return Param(None, type=["null", "string"], format="date", title=title, description=description)
+
+
+def choice_list_param(choices: Sequence[str], title: str, description: str) -> Any:
+    """An optional subset of ``choices`` in a trigger form (empty: what ``description`` says)."""
+    from airflow.sdk import Param
+
+    return Param(
+        None,
+        type=["null", "array"],
+        items={"type": "string", "enum": list(choices)},
+        uniqueItems=True,
+        examples=list(choices),
+        title=title,
+        description=description,
+    )
+
+
 def table_range_params(verb: str, start_overrides: str) -> dict[str, Any]:
     """The trigger-form Params shared by the per-table DAGs: which tables, and an optional date range.
 
     ``verb`` ("collect", "validate") and ``start_overrides`` (what an explicit start replaces)
     only change the descriptions users read in the form.
     """
-    from airflow.sdk import Param
-
     return {
-        "tables": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "string", "enum": list(TABLES)},
-            uniqueItems=True,
-            examples=list(TABLES),
-            title="Tables",
-            description=f"Tables to {verb}; empty means all of them.",
-        ),
-        "start": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Start date",
-            description=f"First UTC day to {verb} (inclusive); overrides {start_overrides}.",
-        ),
-        "end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="End date",
-            description=f"Last UTC day to {verb} (inclusive); defaults to the start date.",
-        ),
+        "tables": choice_list_param(TABLES, "Tables", f"Tables to {verb}; empty means all of them."),
+        "start": date_param("Start date", f"First UTC day to {verb} (inclusive); overrides {start_overrides}."),
+        "end": date_param("End date", f"Last UTC day to {verb} (inclusive); defaults to the start date."),
     }
 
 
@@ -785,6 +785,29 @@ def training_tasks(
     return names
 
 
+def features_params() -> dict[str, Any]:
+    """The trigger-form Params of ``build_features``."""
+    from airflow.sdk import Param
+
+    return {
+        "snapshot": date_param(
+            "Snapshot date",
+            "Snapshot date T (features from data before T); overrides the date derived from the "
+            "triggering clean asset events. With 'plan': the latest test snapshot of the plans.",
+        ),
+        "tasks": choice_list_param(
+            SNAPSHOT_TASKS, "Tasks", "Propensity tasks to build labels for; empty builds all configured tasks."
+        ),
+        "plan": Param(
+            False,
+            type="boolean",
+            title="Training plan",
+            description="Build every snapshot of the tasks' out-of-time training plans (train, validation, test "
+            "dates; what 'propensity run --through features' builds) instead of one snapshot.",
+        ),
+    }
+
+
 def training_params() -> dict[str, Any]:
     """The trigger-form Params of ``train_models``."""
     from airflow.sdk import Param
@@ -800,12 +823,9 @@ def training_params() -> dict[str, Any]:
             description="Propensity tasks to train (one mapped task each). A run triggered by drift "
             "trains only those of them whose drift breached.",
         ),
-        "snapshot": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Test snapshot (as of)",
-            description="Cap the test snapshot of the out-of-time plans at this date (like 'propensity train "
+        "snapshot": date_param(
+            "Test snapshot (as of)",
+            "Cap the test snapshot of the out-of-time plans at this date (like 'propensity train "
             "--as-of'); empty: the latest fully labelled snapshot.",
         ),
         "tuning_trials": Param(
@@ -827,24 +847,12 @@ def training_params() -> dict[str, Any]:
 
 def monitor_params() -> dict[str, Any]:
     """The trigger-form Params of ``monitor_drift``."""
-    from airflow.sdk import Param
-
     return {
-        "snapshot": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Snapshot",
-            description="Features snapshot to compare with the champions' references; empty: the latest published.",
+        "snapshot": date_param(
+            "Snapshot", "Features snapshot to compare with the champions' references; empty: the latest published."
         ),
-        "tasks": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "string", "enum": list(SNAPSHOT_TASKS)},
-            uniqueItems=True,
-            examples=list(SNAPSHOT_TASKS),
-            title="Tasks",
-            description="Propensity tasks to monitor; empty monitors all configured tasks.",
+        "tasks": choice_list_param(
+            SNAPSHOT_TASKS, "Tasks", "Propensity tasks to monitor; empty monitors all configured tasks."
         ),
     }
 
@@ -1005,12 +1013,9 @@ def scoring_params() -> dict[str, Any]:
     from airflow.sdk import Param
 
     return {
-        "date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Date",
-            description="Snapshot date to score and build audiences for (YYYY-MM-DD); empty: the latest date "
+        "date": date_param(
+            "Date",
+            "Snapshot date to score and build audiences for (YYYY-MM-DD); empty: the latest date "
             "of the triggering features asset events, else the run's logical date, else today (UTC).",
         ),
         "audiences": Param(
