@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from propensity.errors import FinalError
+
 WINDOWS = (14, 30, 60, 90)
 _MONTH_DAY = re.compile(r"^(\d{2})-(\d{2})$")
 
@@ -33,7 +35,7 @@ def feature_names(w: int) -> tuple[str, str]:
     return f"promo_days_next_{w}d", f"promo_discount_next_{w}d"
 
 
-class CalendarError(ValueError):
+class CalendarError(FinalError):
     """A promotion calendar entry that cannot be read; the message names file, entry and field."""
 
 

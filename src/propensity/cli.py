@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
+from propensity import pipeline
 from propensity.config import Settings, load_settings
-
-STAGES = ("collect", "validate", "features", "train", "score", "audiences")
+from propensity.errors import FinalError
+from propensity.pipeline import STAGES
 
 
 def _date(text: str) -> date:
@@ -77,115 +77,97 @@ def cmd_import(s: Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_collect(s: Settings, a: argparse.Namespace) -> int:
-    from propensity.collect import collect, rows_per_table
-
-    t0 = time.perf_counter()
-    manifests = collect(s, a.start, a.end, a.tables)
-    print_table(f"raw rows {a.start}..{a.end}", rows_per_table(manifests))
-    print(f"{len(manifests)} partitions in {time.perf_counter() - t0:.1f} s -> {s.lake_uri}/raw")
+    record = pipeline.collect(s, pipeline.day_range(a.start, a.end), a.tables)
+    print_collect(record)
     return 0
+
+
+def print_collect(record: pipeline.CollectRecord) -> None:
+    print_table(f"raw rows {record.days[0]}..{record.days[-1]}", record.rows)
+    print(f"{record.partitions} partitions in {record.seconds:.1f} s")
 
 
 def cmd_validate(s: Settings, a: argparse.Namespace) -> int:
     """Validate raw partitions; prints one summary line per table and date, exits 1 on critical failures."""
-    from propensity.collect import days
-    from propensity.validation import Gate
+    record = pipeline.validate(s, pipeline.day_range(a.date, a.end), a.tables)
+    return print_validate(s, record)
 
-    dts = days(a.date, a.end or a.date)
-    outcomes = Gate(s).validate(dts, a.tables)
-    print_outcomes(outcomes, per_day=len(dts) <= 7)
-    bad = [o for o in outcomes if o.critical]
-    if bad:
-        print(f"CRITICAL: {len(bad)} partition(s) not published", file=sys.stderr)
-        for o in bad:
-            for msg in o.critical:
-                print(f"  {o.table} dt={o.dt}: {msg}", file=sys.stderr)
+
+def print_validate(s: Settings, record: pipeline.ValidateRecord) -> int:
+    """One line per table and date (short ranges) or per table (long ranges); 1 on critical failures."""
+    if len(record.days) <= 7:
+        for line in record.summaries:
+            print(line)
+    else:
+        for table in record.tables:
+            print(f"{table}: {len(record.published[table])} of {len(record.days)} partitions published")
+        print(f"{record.rows_clean:,} rows clean, {record.rows_quarantined:,} quarantined")
+    if record.critical:
+        print(f"CRITICAL: {len(record.critical)} failure(s); those partitions are not published", file=sys.stderr)
+        for line in record.critical:
+            print(f"  {line}", file=sys.stderr)
         return 1
-    print(f"clean zone: {s.lake_uri}/clean; results: {s.lake_uri}/validation; Data Docs: {s.gx_dir}")
+    print(f"clean zone: {s.lake_uri}/clean; results: {s.lake_uri}/validation; Data Docs: {record.docs_url or 'off'}")
     return 0
 
 
-def print_outcomes(outcomes: list, per_day: bool) -> None:
-    """One line per table and date (short ranges) or per table (long ranges)."""
-    if per_day:
-        for o in outcomes:
-            print(o.summary())
-        return
-    by_table: dict[str, dict] = {}
-    for o in outcomes:
-        t = by_table.setdefault(o.table, {"in": 0, "clean": 0, "q": {}, "critical": 0, "n": 0})
-        t["in"] += o.rows_in
-        t["clean"] += o.rows_clean
-        t["critical"] += bool(o.critical)
-        t["n"] += 1
-        for k, v in o.quarantined.items():
-            t["q"][k] = t["q"].get(k, 0) + v
-    for name, t in by_table.items():
-        q = ", ".join(f"{k} {v:,}" for k, v in sorted(t["q"].items())) or "none"
-        print(
-            f"{name}: {t['n']} partitions, {t['in']:,} in, {t['clean']:,} clean, "
-            f"{sum(t['q'].values()):,} quarantined ({q}), {t['critical']} with critical failures"
-        )
-
-
 def cmd_features(s: Settings, a: argparse.Namespace) -> int:
-    """Build and publish one snapshot: features, profiles, labels per task."""
-    from propensity.features.snapshot import SnapshotBuilder
-
-    snap = SnapshotBuilder(s).build_and_publish(a.snapshot, a.tasks)
-    print(snap.summary())
+    """Build and publish one snapshot (or, with --shard, one customer shard of it)."""
+    if a.shard is not None:
+        if a.shards is not None and a.shards != s.features.shards:
+            s = s.model_copy(update={"features": s.features.model_copy(update={"shards": a.shards})})
+        part = pipeline.features_shard(s, a.snapshot, a.shard, a.tasks)
+        print(f"snapshot {part['snapshot']} shard {part['shard']}/{s.features.shards}: {part['customers']:,} customers")
+        return 0
+    record = pipeline.features(s, a.snapshot, a.tasks)
+    print(record.summary)
     print(f"-> {s.lake_uri}/features/snapshot={a.snapshot}, profiles/, labels/task=*/")
     return 0
 
 
-def build_planned_snapshots(s: Settings, tasks: list[str] | None, as_of: date | None):
-    """Every snapshot the tasks' out-of-time plans need, built once and published."""
-    from propensity.features.snapshot import SnapshotBuilder
-    from propensity.features.training import plan_snapshots
-
-    builder = SnapshotBuilder(s)
-    first, last = builder.data.start, builder.observed_until
-    if first is None or last is None:
-        raise ValueError("the clean zone has no orders or events: run collect and validate first")
-    plans = {n: plan_snapshots(n, s.tasks[n], first.date(), last, s.features, as_of) for n in tasks or list(s.tasks)}
-    dates = sorted({d for p in plans.values() for d in p.all()})
-    snaps = {}
-    for d in dates:
-        snaps[d] = builder.build_and_publish(d, list(plans))
-        print(snaps[d].summary())
-    return builder, plans, snaps
-
-
-def cmd_train(s: Settings, a: argparse.Namespace, builder=None, snapshots=None) -> int:
-    """Train, evaluate, register and gate every task; print (and optionally write) the JSON report."""
+def print_train(s: Settings, records: list[pipeline.TrainRecord], report_path: str | None) -> None:
+    """One line per task; the JSON report to ``report_path`` (or stdout)."""
     import json
 
-    from propensity.models.train import Trainer, write_report
+    from propensity.models.train import write_report
 
-    report = Trainer(s, builder, snapshots).train(a.tasks, a.as_of)
-    for name, r in report["tasks"].items():
-        oracle = f"{r['oracle_auc']:.4f}" if r["oracle_auc"] is not None else "n/a"
+    for record in records:
+        r = record.report
+        oracle = f"{r['oracle_auc']:.4f}" if r.get("oracle_auc") is not None else "n/a"
         base = ", ".join(f"{k} {v:.4f}" for k, v in r["baseline_auc"].items() if v is not None)
-        print(
-            f"{name:<11} test AUC {r['test_auc']:.4f}  PR AUC {r['test_pr_auc']:.4f}  ECE {r['ece']:.4f}  "
-            f"oracle {oracle}  baselines: {base}  n_train {r['n_train']:,}  v{r['model_version']} "
-            f"{'PROMOTED to champion' if r['promoted'] else 'kept as challenger'}"
+        verdict = (
+            "unchanged (same data and parameters)"
+            if r.get("unchanged")
+            else "PROMOTED to champion"
+            if record.promoted
+            else "kept as challenger"
         )
-    if a.report:
-        write_report(report, Path(a.report))
-        print(f"report -> {a.report}")
+        print(
+            f"{record.task:<11} test AUC {r['test_auc']:.4f}  PR AUC {r['test_pr_auc']:.4f}  ECE {r['ece']:.4f}  "
+            f"oracle {oracle}  baselines: {base}  n_train {r['n_train']:,}  v{r['model_version']} {verdict}"
+        )
+    report = {
+        "tasks": {r.task: r.report for r in records},
+        "parent_run_ids": {r.task: r.parent_run_id for r in records},
+    }
+    if report_path:
+        write_report(report, Path(report_path))
+        print(f"report -> {report_path}")
     else:
         print(json.dumps(report, indent=2, default=float))
     print(f"MLflow: {s.tracking_uri} (experiment {s.models.experiment!r})")
+
+
+def cmd_train(s: Settings, a: argparse.Namespace) -> int:
+    """Train, evaluate, register and gate every task; print (and optionally write) the JSON report."""
+    print_train(s, pipeline.train(s, a.tasks, a.as_of), a.report)
     return 0
 
 
-def cmd_score(s: Settings, a: argparse.Namespace, builder=None) -> int:
+def cmd_score(s: Settings, a: argparse.Namespace) -> int:
     """Score every task's eligible population at ``--date`` with the champions."""
-    from propensity.scoring import score
-
-    run = score(s, a.date, a.tasks, builder=builder)
-    for line in run.summary():
+    record = pipeline.score(s, a.date, a.tasks)
+    for line in record.lines:
         print(line)
     print(f"-> {s.lake_uri}/scores/task=*/dt={a.date}")
     return 0
@@ -193,20 +175,20 @@ def cmd_score(s: Settings, a: argparse.Namespace, builder=None) -> int:
 
 def cmd_audiences(s: Settings, a: argparse.Namespace) -> int:
     """Build (and publish, unless --dry-run) the declared audiences at ``--date``."""
-    from propensity.audiences import build
-
-    run = build(s, a.date, a.audiences, dry_run=a.dry_run)
-    print(run.table())
-    warned = sum(len(c.warnings) for c in run.compositions)
-    if warned:
-        print(f"{warned} composition warning(s), see the log and reports/audiences/dt={a.date}/composition.md")
-    if a.dry_run:
-        print("dry run: nothing published")
-    else:
-        for name, uri in run.exports.items():
-            print(f"export {name}: {uri}")
-        print(f"members: {s.lake_uri}/audiences/audience=*/dt={a.date}; composition: {s.lake_uri}/reports/audiences")
+    print_audiences(s, pipeline.audiences(s, a.date, a.audiences, dry_run=a.dry_run))
     return 0
+
+
+def print_audiences(s: Settings, record: pipeline.AudienceRecord) -> None:
+    print(record.table)
+    if record.warnings:
+        print(f"{len(record.warnings)} composition warning(s), see reports/audiences/dt={record.date}/composition.md")
+    if record.dry_run:
+        print("dry run: nothing published")
+        return
+    for name, uri in record.exports.items():
+        print(f"export {name}: {uri}")
+    print(f"members: {s.lake_uri}/audiences/audience=*/dt={record.date}; composition: {s.lake_uri}/reports/audiences")
 
 
 def cmd_measure(s: Settings, a: argparse.Namespace) -> int:
@@ -237,26 +219,31 @@ def cmd_rollback(s: Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_run(s: Settings, a: argparse.Namespace) -> int:
-    """Run the chain stage by stage up to ``--through`` over the sources that are present."""
-    stages = STAGES[: STAGES.index(a.through) + 1]
-    if "collect" in stages:
-        cmd_collect(s, argparse.Namespace(start=a.start, end=a.end, tables=None))
-    if "validate" in stages:
-        rc = cmd_validate(s, argparse.Namespace(date=a.start, end=a.end, tables=None))
-        if rc:
-            return rc
-    builder = snaps = None
-    if "features" in stages:
-        builder, _, snaps = build_planned_snapshots(s, a.tasks, a.as_of)
-    if "train" in stages:
-        rc = cmd_train(s, a, builder, snaps)
-        if rc:
-            return rc
-    day = a.end + timedelta(days=1)  # the snapshot that sees every collected day
-    if "score" in stages:
-        cmd_score(s, argparse.Namespace(date=day, tasks=a.tasks), builder)
-    if "audiences" in stages:
-        return cmd_audiences(s, argparse.Namespace(date=day, audiences=None, dry_run=a.dry_run))
+    """Run the chain stage by stage up to ``--through``: the same stage functions the DAGs call."""
+
+    def echo(stage: str, record: object) -> None:
+        if stage == "collect":
+            print_collect(record)  # type: ignore[arg-type]
+        elif stage == "validate":
+            print_validate(s, record)  # type: ignore[arg-type]
+        elif stage == "features":
+            print(f"{len(record)} snapshot(s) published")  # type: ignore[arg-type]
+        elif stage == "train":
+            print_train(s, record, a.report)  # type: ignore[arg-type]
+        elif stage == "score":
+            print("\n".join(record.lines))  # type: ignore[attr-defined]
+        elif stage == "audiences":
+            print_audiences(s, record)  # type: ignore[arg-type]
+
+    options = pipeline.RunOptions(through=a.through, tasks=a.tasks, as_of=a.as_of, dry_run=a.dry_run)
+    try:
+        pipeline.run(s, a.start, a.end, options, echo)
+    except FinalError as exc:
+        from propensity.validation.gate import ValidationFailed
+
+        if isinstance(exc, ValidationFailed):
+            return 1  # print_validate has said which partitions failed
+        raise
     return 0
 
 
@@ -318,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     fea = sub.add_parser("features", parents=[common], help="build one snapshot: features, profiles, labels")
     fea.add_argument("--snapshot", type=_date, required=True)
     fea.add_argument("--tasks", nargs="+")
+    fea.add_argument("--shard", type=int, help="build only this customer hash shard (parked for the merge)")
+    fea.add_argument("--shards", type=int, help="number of shards (default: features.shards)")
 
     tr = sub.add_parser("train", parents=[common], help="train, evaluate, register and gate the models")
     tr.add_argument("--tasks", nargs="+")
@@ -369,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(getattr(args, "config", None))
         return COMMANDS[args.command](settings, args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (FinalError, ValueError, FileNotFoundError, KeyError) as exc:
         print(f"propensity {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -22,8 +22,7 @@ from propensity.lake import Lake
 from propensity.sources.landing import read_events, read_fx
 from propensity.sources.oltp import ShopDB
 from propensity.storage import open_store
-
-RAW = "raw"
+from propensity.zones import RAW
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:

@@ -218,6 +218,13 @@ class ModelConfig(BaseModel):
         description="minimum OOT test AUC per task for promotion",
     )
     experiment: str = "propensity"
+    retrain_weekday: int = Field(
+        0,
+        ge=0,
+        le=6,
+        description="train_models retrains every task on snapshots falling on this weekday (0 = Monday); "
+        "on other days only tasks without a champion (drift retrains the breached tasks any day)",
+    )
 
 
 class ScoringConfig(BaseModel):
@@ -226,6 +233,11 @@ class ScoringConfig(BaseModel):
     batch_rows: int = Field(200_000, ge=1, description="rows per scoring batch: bounds the memory of one batch")
     reason_codes: int = Field(3, ge=0, le=10, description="top positive SHAP contributions kept per audience member")
     shards: int = Field(1, ge=1, description="customer hash shards (one mapped Airflow task each)")
+    max_staleness_days: int = Field(
+        2,
+        ge=1,
+        description="scoring and audiences refuse a snapshot more than this many days after the last observed day",
+    )
 
 
 class AudiencesConfig(BaseModel):

@@ -29,16 +29,18 @@ import pandas as pd
 import polars as pl
 
 from propensity.config import Settings
+from propensity.errors import RequestError
 from propensity.features.labels import KEY
 from propensity.lake import Lake
 from propensity.models.model import PropensityModel, model_input
 from propensity.shards import shard_of
 from propensity.validation import checks as ck
 from propensity.validation.frames import check_frame
+from propensity.zones import SCORES
 
 log = logging.getLogger(__name__)
 
-ZONE = "scores"
+ZONE = SCORES
 REASON_COLUMNS = [f"reason_{i}" for i in (1, 2, 3)]
 SCORE_SCHEMA = {
     KEY: pl.String,
@@ -52,7 +54,7 @@ SCORE_SCHEMA = {
 }
 
 
-class SignatureMismatch(ValueError):
+class SignatureMismatch(RequestError):
     """The champion's input signature does not fit the snapshot's features."""
 
 
@@ -72,8 +74,9 @@ class Champion:
         return set(self.model.encoder.mapping)
 
 
-def load_champion(settings: Settings, task: str, alias: str = "champion") -> Champion:
-    """Resolve ``models:/propensity-<task>@<alias>`` and load it through MLflow pyfunc."""
+def load_champion(settings: Settings, task: str, alias: str = "champion", version: str | None = None) -> Champion:
+    """Resolve ``models:/propensity-<task>@<alias>`` (or, with ``version``, that exact version: what
+    made a date's scores) and load it through MLflow pyfunc."""
     import mlflow.pyfunc
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -84,10 +87,14 @@ def load_champion(settings: Settings, task: str, alias: str = "champion") -> Cha
     configure(settings)
     name = model_name(task)
     try:
-        mv = MlflowClient().get_model_version_by_alias(name, alias)
+        if version is not None:
+            mv = MlflowClient().get_model_version(name, str(version))
+        else:
+            mv = MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        raise ValueError(f"no {alias!r} model for task {task!r} ({name}): train and promote one first") from exc
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+        which = f"version {version}" if version is not None else f"{alias!r} model"
+        raise RequestError(f"no {which} for task {task!r} ({name}): train and promote one first") from exc
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}")
     schema = pyfunc.metadata.get_input_schema()
     inputs = [(c.name, getattr(c.type, "name", str(c.type))) for c in schema.inputs] if schema is not None else []
     return Champion(task, name, str(mv.version), mv.run_id, pyfunc.unwrap_python_model().model, inputs)
@@ -218,21 +225,32 @@ class ScoreRun:
         return lines
 
 
-def snapshot_inputs(settings: Settings, d: date, tasks: list[str], builder: Any = None):
-    """The snapshot at ``d`` (features, profiles, populations), read from the lake or built and published."""
-    from propensity.features.snapshot import Snapshot, SnapshotBuilder
+def ensure_snapshot(settings: Settings, d: date, tasks: list[str], builder: Any = None) -> bool:
+    """Publish the snapshot at ``d`` when any part of it is missing (so every shard reads one
+    published snapshot); True when it was built now. Then the freshness guard: a snapshot more
+    than ``scoring.max_staleness_days`` after its last observed day raises :class:`StaleSnapshotError`."""
+    from propensity.features.snapshot import SnapshotBuilder
+    from propensity.features.store import SnapshotStore
 
-    lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
-    day = {"snapshot": d.isoformat()}
-    feats = lake.read_partition("features", "", day)
-    profiles = lake.read_partition("profiles", "", day)
-    labels = {t: lake.read_partition("labels", "", {"task": t, **day}) for t in tasks}
-    if feats is not None and profiles is not None and all(v is not None for v in labels.values()):
-        snap = Snapshot(d, pl.from_arrow(feats), pl.from_arrow(profiles))  # type: ignore[arg-type]
-        snap.labels = {t: pl.from_arrow(v) for t, v in labels.items()}  # type: ignore[misc]
-        return snap
-    builder = builder or SnapshotBuilder(settings)
-    return builder.build_and_publish(d, tasks)
+    store = SnapshotStore.open(settings)
+    built = bool(store.missing(d, tasks))
+    if built:
+        builder = builder or SnapshotBuilder(settings)
+        builder.span()  # an empty clean zone is a RequestError, not an empty snapshot
+        builder.build_and_publish(d, tasks)
+    store.require_fresh(d, settings.scoring.max_staleness_days, "scores")
+    return built
+
+
+def snapshot_inputs(settings: Settings, d: date, tasks: list[str], builder: Any = None):
+    """The snapshot at ``d`` (features, profiles, populations): published first when missing, and fresh."""
+    from propensity.features.store import SnapshotStore
+
+    ensure_snapshot(settings, d, tasks, builder)
+    snap = SnapshotStore.open(settings).read(d, tasks)
+    if snap is None:  # pragma: no cover - published just above
+        raise RequestError(f"snapshot {d} vanished while scoring")
+    return snap
 
 
 def score(
@@ -274,9 +292,11 @@ def merge_shards(parts: list[pl.DataFrame]) -> pl.DataFrame:
 
 def publish_frame(lake: Lake, task: str, d: date | str, df: pl.DataFrame, name: str, version: str, run_id: str):
     """Write one task's scores at ``d`` with the manifest fields every reader relies on."""
+    from propensity.features.store import SnapshotStore
+
     day = d if isinstance(d, str) else d.isoformat()
     meta = {"model_name": name, "model_version": str(version), "run_id": run_id, "snapshot": day}
-    return lake.write_partition(ZONE, "", {"task": task, "dt": day}, df.to_arrow(), meta)
+    return SnapshotStore(lake).write_scores(task, day, df, meta)
 
 
 def publish_scores(settings: Settings, run: ScoreRun) -> None:
@@ -287,9 +307,88 @@ def publish_scores(settings: Settings, run: ScoreRun) -> None:
 
 
 def read_scores(settings: Settings, task: str, d: date) -> pl.DataFrame | None:
-    lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
-    t = lake.read_partition(ZONE, "", {"task": task, "dt": d.isoformat()})
-    return pl.from_arrow(t) if t is not None else None  # type: ignore[return-value]
+    from propensity.features.store import SnapshotStore
+
+    return SnapshotStore.open(settings).read_scores(task, d)
+
+
+# Sharded scoring ------------------------------------------------------------------------------
+#
+# With ``scoring.shards = N`` a date's scoring is split by customer hash: :func:`score_shard`
+# scores one shard of one task and parks its frame in the lake (``scores/_shards/...``), so only
+# a small record travels between workers; :func:`merge_score_shards` unions a task's shards with
+# deciles over the whole population, checks the union like an unsharded run and publishes it.
+
+
+def score_shard(settings: Settings, d: date, task: str, shard: int) -> dict[str, Any]:
+    """Score shard ``shard`` of ``task`` at ``d`` and park it; returns ``{task, date, shard, shards,
+    key, rows, seconds, model_name, model_version, run_id}``."""
+    from propensity.features.sharded import check_shard
+    from propensity.features.store import SnapshotStore
+
+    shards = settings.scoring.shards
+    check_shard(int(shard), shards)
+    run = score(settings, d, [task], shard=int(shard), publish=False)
+    df, champ = run.scores[task], run.champions[task]
+    meta = {"model_name": champ.name, "model_version": champ.version, "run_id": champ.run_id, "shards": shards}
+    key = SnapshotStore.open(settings).write_score_shard(task, d, int(shard), df, {**meta, "snapshot": d.isoformat()})
+    return {
+        "task": task,
+        "date": d.isoformat(),
+        "shard": int(shard),
+        "shards": shards,
+        "key": key,
+        "rows": df.height,
+        "seconds": round(run.seconds[task], 3),
+        **meta,
+    }
+
+
+def merge_score_shards(settings: Settings, d: date, task: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge the parked shards of ``task`` at ``d`` (their :func:`score_shard` records) and publish.
+
+    Every shard must be there and all must come from one champion version (the alias can move
+    while a run scores); the union passes the checks of an unsharded run. Returns ``{task, date,
+    rows, shards, mean_score, model_name, model_version, run_id, key}``.
+    """
+    from propensity.features.store import SnapshotStore
+
+    day = d.isoformat()
+    mine = sorted((r for r in records if r["task"] == task and r["date"] == day), key=lambda r: int(r["shard"]))
+    if not mine:
+        raise RequestError(f"scores.{task}.{day}: no shard was scored")
+    shards = int(mine[0]["shards"])
+    got = [int(r["shard"]) for r in mine]
+    if got != list(range(shards)):
+        raise RequestError(f"scores.{task}.{day}: shards {got} scored, expected 0..{shards - 1}")
+    models = sorted({(r["model_name"], str(r["model_version"]), r["run_id"]) for r in mine})
+    if len(models) > 1:
+        versions = ", ".join(f"{n} v{v}" for n, v, _ in models)
+        raise RequestError(
+            f"scores.{task}.{day}: the shards were scored by different champions ({versions}): the champion "
+            "moved during the run; rerun it"
+        )
+    name, version, run_id = models[0]
+    store = SnapshotStore.open(settings)
+    df = merge_shards([store.read_score_shard(task, day, r["shard"]) for r in mine])
+    labels = store.labels_manifest(task, day)
+    if labels is None:
+        raise RequestError(f"scores.{task}.{day}: labels/task={task}/snapshot={day} is not published")
+    check_frame(f"scores.{task}.{day}", df, score_checks(int(labels["row_count"])))
+    publish_frame(store.lake, task, day, df, name, version, run_id)
+    for r in mine:
+        store.delete_score_shard(task, day, r["shard"])
+    return {
+        "task": task,
+        "date": day,
+        "rows": df.height,
+        "shards": shards,
+        "mean_score": round(float(df["score"].mean()), 6) if df.height else None,
+        "model_name": name,
+        "model_version": version,
+        "run_id": run_id,
+        "key": store.scores_key(task, day),
+    }
 
 
 def score_inputs_frame(champ: Champion, frame: pl.DataFrame) -> pd.DataFrame:

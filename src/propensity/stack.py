@@ -446,7 +446,7 @@ def airflow_cli(cfg: StackConfig, env: Mapping[str, str], args: Sequence[str], t
 def migrate_db(cfg: StackConfig, env: Mapping[str, str], timeout: float = 600.0) -> None:
     """``airflow db migrate`` (creates or upgrades the metadata DB, SQLite unless ``cfg.airflow_db``), then the
     pool the heavy tasks (snapshot and scoring shards, training) queue in: without it they are never scheduled."""
-    from propensity.orchestration import HEAVY_POOL
+    from propensity.airflow.tasks import HEAVY_POOL
 
     airflow_cli(cfg, env, ["db", "migrate"], timeout)
     airflow_cli(cfg, env, ["pools", "set", HEAVY_POOL, str(HEAVY_POOL_SLOTS), "snapshots, scoring and training"])

@@ -24,6 +24,8 @@ from propensity.audiences.publish import csv_bytes, pseudonymize, publish_export
 from propensity.audiences.select import KEY, SUPPRESSION_REASONS, Selection, control_draw, select_all
 from propensity.audiences.spec import load_audiences
 from propensity.config import Settings
+from propensity.errors import RequestError
+from propensity.features.store import SnapshotStore
 from propensity.lake import Lake
 from propensity.scoring import (
     REASON_COLUMNS,
@@ -37,7 +39,7 @@ from propensity.storage import open_store
 
 log = logging.getLogger(__name__)
 
-ZONE = "audiences"
+from propensity.zones import AUDIENCES as ZONE  # noqa: E402
 
 
 @dataclass
@@ -117,13 +119,13 @@ def candidates(
     feats = _read(lake, "features", {"snapshot": day})
     profiles = _read(lake, "profiles", {"snapshot": day})
     if feats is None or profiles is None:
-        raise ValueError(f"features/profiles at snapshot={day} are not published: run propensity score --date {day}")
+        raise RequestError(f"features/profiles at snapshot={day} are not published: run propensity score --date {day}")
     c = feats.join(profiles.drop("snapshot", strict=False), on=KEY, how="left")
     scores = {}
     for task in tasks:
         sc = _read(lake, "scores", {"task": task, "dt": day})
         if sc is None:
-            raise ValueError(f"scores/task={task}/dt={day} is not published: run propensity score --date {day} first")
+            raise RequestError(f"scores/task={task}/dt={day} is not published: run propensity score --date {day} first")
         scores[task] = sc
         c = c.join(
             sc.select(KEY, pl.col("score").alias(f"{task}_score"), pl.col("decile").alias(f"{task}_decile")),
@@ -143,8 +145,12 @@ def score_models(scores: dict[str, pl.DataFrame]) -> dict[str, dict[str, Any]]:
     return {t: {k: sc[k][0] if sc.height else None for k in cols} for t, sc in scores.items()}
 
 
-def add_reasons(settings: Settings, sel: list[Selection], cands: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """Reason codes for members only, per task; returns the member frames of each task (for the scores)."""
+def add_reasons(
+    settings: Settings, sel: list[Selection], cands: pl.DataFrame, models: dict[str, dict[str, Any]]
+) -> dict[str, pl.DataFrame]:
+    """Reason codes for members only, per task, from the model version that made the task's scores
+    (``models``: :func:`score_models`), never the current champion, which may have moved since;
+    returns the member frames of each task (for the scores)."""
     k = settings.scoring.reason_codes
     by_task: dict[str, list[Selection]] = {}
     for s in sel:
@@ -154,7 +160,7 @@ def add_reasons(settings: Settings, sel: list[Selection], cands: pl.DataFrame) -
         ids = pl.concat([s.members.select(KEY) for s in group])
         if not ids.height:
             continue
-        model = load_champion(settings, task).model
+        model = load_champion(settings, task, version=models[task]["model_version"]).model
         rows = cands.join(ids, on=KEY, how="semi")
         table = reason_frame(rows[KEY], reason_codes(model, rows, k))
         filled[task] = table
@@ -173,14 +179,16 @@ def build(settings: Settings, d: date, names: list[str] | None = None, dry_run: 
     book = load_audiences(settings.audiences_file, list(settings.tasks))
     specs = book.ordered(names)
     lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
+    SnapshotStore(lake).require_fresh(d, settings.scoring.max_staleness_days, "audiences")
     tasks = sorted({s.task for s in specs} | {t for t in settings.tasks if f"{t}_" in " ".join(s.rule for s in specs)})
     cands, scores = candidates(settings, lake, d, tasks)
     sel = select_all(cands, specs, d, cfg.frequency_cap, cfg.control_fraction)
-    reasons = add_reasons(settings, sel, cands)
+    models = score_models(scores)
+    reasons = add_reasons(settings, sel, cands, models)
     salt = resolve_salt(settings)
     for s in sel:
         s.members = s.members.with_columns(pseudonymize(s.members[KEY], salt))
-    run = AudienceRun(d, sel, models=score_models(scores), dry_run=dry_run)
+    run = AudienceRun(d, sel, models=models, dry_run=dry_run)
     dims = [c for c in ("country", "lifecycle_stage", "gender", "age_band") if c in cands.columns]
     for s in sel:
         base = cands.filter(pl.col(f"{s.spec.task}_score").is_not_null()).select(KEY, *dims)
@@ -259,7 +267,7 @@ def read_members(settings: Settings, audience: str, d: date) -> pl.DataFrame:
     lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
     m = _read(lake, ZONE, {"audience": audience, "dt": d.isoformat()})
     if m is None:
-        raise ValueError(f"audience {audience!r} at dt={d} is not published")
+        raise RequestError(f"audience {audience!r} at dt={d} is not published")
     return m
 
 

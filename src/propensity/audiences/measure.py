@@ -16,6 +16,8 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import polars as pl
 
+from propensity.errors import RequestError
+
 Z95 = 1.959963984540054
 
 
@@ -86,7 +88,7 @@ def uplift(
     c = rows.filter(pl.col("group") == "control")
     nt, nc = t.height, c.height
     if nt == 0 or nc == 0:
-        raise ValueError(f"audience {audience!r} at {d}: need both groups to measure (treatment {nt}, control {nc})")
+        raise RequestError(f"audience {audience!r} at {d}: need both groups to measure (treatment {nt}, control {nc})")
     yt, yc = t["converted"].cast(pl.Float64).to_numpy(), c["converted"].cast(pl.Float64).to_numpy()
     pt, pc = float(yt.mean()), float(yc.mean())
     diff = pt - pc
@@ -140,7 +142,7 @@ def measure(settings, audience: str, d: date, window: int, contact_cost: float =
     end = data.end
     need = datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=window)
     if end is None or end < need - timedelta(days=1):
-        raise ValueError(f"measure {audience} {d}: the clean zone ends at {end}; the {window}-day window is not over")
+        raise RequestError(f"measure {audience} {d}: the clean zone ends at {end}; the {window}-day window is not over")
     t0 = datetime(d.year, d.month, d.day, tzinfo=UTC)
     future = data.between(t0, t0 + timedelta(days=window))
     orders = orders_in_base(future, settings.base_currency)

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from propensity.audiences.spec import CONSENT_COLUMN, AudienceSpec
+from propensity.errors import RequestError
 
 KEY = "customer_id"
 SUPPRESSION_REASONS = ("global_opt_out", "no_consent", "recent_purchase", "frequency_cap")
@@ -119,11 +120,11 @@ def select_one(
     score, decile = f"{spec.task}_score", f"{spec.task}_decile"
     for col in (score, decile):
         if col not in candidates.columns:
-            raise ValueError(f"audience {spec.name!r}: column {col!r}: rule needs_scores: no {spec.task} scores")
+            raise RequestError(f"audience {spec.name!r}: column {col!r}: rule needs_scores: no {spec.task} scores")
     try:
         matched = candidates.filter(pl.col(score).is_not_null() & spec.expr().fill_null(False))
     except pl.exceptions.PolarsError as exc:
-        raise ValueError(f"audience {spec.name!r}: rule {spec.rule!r} cannot be evaluated: {exc}") from exc
+        raise RequestError(f"audience {spec.name!r}: rule {spec.rule!r} cannot be evaluated: {exc}") from exc
     sel = Selection(spec, pl.DataFrame(schema=MEMBER_SCHEMA), matched=matched.height)
     fresh = matched.filter(~pl.col(KEY).is_in(list(taken)))
     sel.deduplicated = matched.height - fresh.height

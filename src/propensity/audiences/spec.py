@@ -15,6 +15,8 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from propensity.errors import RequestError
+
 CHANNELS = ("email", "sms", "push")
 CONSENT_COLUMN = {c: f"{c}_consent" for c in CHANNELS}
 
@@ -87,7 +89,7 @@ class AudienceBook(BaseModel):
         if names:
             unknown = sorted(set(names) - {a.name for a in self.audiences})
             if unknown:
-                raise ValueError(f"unknown audience(s) {unknown}; declared: {[a.name for a in self.audiences]}")
+                raise RequestError(f"unknown audience(s) {unknown}; declared: {[a.name for a in self.audiences]}")
         chosen = [a for a in self.audiences if not names or a.name in names]
         return sorted(chosen, key=lambda a: (a.priority, a.name))
 
@@ -102,9 +104,9 @@ def load_audiences(path: Path, tasks: list[str] | None = None) -> AudienceBook:
     try:
         book = AudienceBook.model_validate(yaml.safe_load(path.read_text()))
     except ValidationError as exc:
-        raise ValueError(f"{path}: invalid audience declarations:\n{exc}") from exc
+        raise RequestError(f"{path}: invalid audience declarations:\n{exc}") from exc
     for a in book.audiences:
         a.expr()
         if tasks is not None and a.task not in tasks:
-            raise ValueError(f"{path}: audience {a.name!r}: task {a.task!r} is not configured ({tasks})")
+            raise RequestError(f"{path}: audience {a.name!r}: task {a.task!r} is not configured ({tasks})")
     return book

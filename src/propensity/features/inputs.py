@@ -24,8 +24,8 @@ import polars as pl
 
 from propensity.contracts import contract
 from propensity.lake import Lake
+from propensity.zones import CLEAN
 
-CLEAN = "clean"
 TABLE_NAMES = (
     "customers",
     "products",

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from propensity.calendar import PromotionCalendar, known_calendar
 from propensity.config import Settings
+from propensity.errors import RequestError
 from propensity.features.build import compute_features
 from propensity.features.catalogue import feature_checks
 from propensity.features.inputs import USED_COLUMNS, ShopData
@@ -30,6 +33,10 @@ from propensity.lake import Lake
 from propensity.shards import in_shard
 from propensity.validation import checks as ck
 from propensity.validation.frames import check_frame
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from propensity.features.store import SnapshotStore
+    from propensity.features.training import SnapshotPlan
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,8 @@ class Snapshot:
     labels: dict[str, pl.DataFrame] = field(default_factory=dict)
     complete: dict[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
+    #: The last day of data the snapshot was built on (the freshness guard compares with it).
+    observed_until: date | None = None
 
     def summary(self) -> str:
         parts = [f"snapshot {self.snapshot}: {self.features.height:,} customers x {self.features.width - 1} features"]
@@ -77,6 +86,12 @@ class SnapshotBuilder:
     def lake(self) -> Lake:
         return Lake.open(self.settings.lake_uri, self.settings.s3_endpoint_url)
 
+    @cached_property
+    def store(self) -> SnapshotStore:
+        from propensity.features.store import SnapshotStore
+
+        return SnapshotStore(self.lake)
+
     @property
     def data(self) -> ShopData:
         if self.data_ is None:
@@ -93,6 +108,29 @@ class SnapshotBuilder:
         """The last day with data: labels are complete only up to the end of it."""
         end = self.data.end
         return end.date() if end is not None else None
+
+    def span(self) -> tuple[date, date]:
+        """First and last day of data in the clean zone; a :class:`RequestError` when it is empty
+        (the one place that says so, for every stage that needs data)."""
+        first, last = self.data.start, self.observed_until
+        if first is None or last is None:
+            raise RequestError("the clean zone has no orders or events: run collect and validate first")
+        return first.date(), last
+
+    def plans(self, tasks: Iterable[str], as_of: date | None = None) -> dict[str, SnapshotPlan]:
+        """Each task's out-of-time training plan over the clean zone (``as_of`` caps the test snapshot)."""
+        from propensity.features.training import plan_snapshots
+
+        first, last = self.span()
+        return {t: plan_snapshots(t, self.settings.tasks[t], first, last, self.settings.features, as_of) for t in tasks}
+
+    def load_or_build(self, d: date, tasks: list[str]) -> Snapshot:
+        """The snapshot at ``d`` for ``tasks``: read when published with complete labels (training
+        needs them final), else built in memory from the clean zone."""
+        snap = self.store.read(d, tasks)
+        if snap is not None and all(snap.complete.values()):
+            return snap
+        return self.build(d, tasks)
 
     def build(
         self, snapshot: date, tasks: list[str] | None = None, shard: int | None = None, shards: int = 1
@@ -114,7 +152,7 @@ class SnapshotBuilder:
         past = data.as_of(t)
         feats = compute_features(past, t, s.base_currency, self.promotions)
         profiles = build_profiles(feats, past, t, s.base_currency) if shard is None else pl.DataFrame()
-        snap = Snapshot(snapshot, feats, profiles)
+        snap = Snapshot(snapshot, feats, profiles, observed_until=last)
         for name in tasks or list(s.tasks):
             task = s.tasks[name]
             pop = population(past, t, task)
@@ -138,7 +176,7 @@ class SnapshotBuilder:
         t = at_midnight(day)
         feats = pl.concat([p.features for p in parts], how="vertical_relaxed").sort(KEY)
         profiles = build_profiles(feats, self.data.as_of(t), t, self.settings.base_currency)
-        snap = Snapshot(day, feats, profiles)
+        snap = Snapshot(day, feats, profiles, observed_until=self.observed_until)
         for name in parts[0].labels:
             if len({p.complete[name] for p in parts}) != 1:
                 raise ValueError(f"labels.{name}.{day}: shards disagree on whether the label window is complete")
@@ -155,13 +193,7 @@ class SnapshotBuilder:
         for task, lab in snap.labels.items():
             if snap.complete[task] and lab.height:
                 check_frame(f"labels.{task}.{day}", lab, LABEL_CHECKS)
-        meta = {"snapshot": day, "seconds": round(snap.seconds, 3)}
-        self.lake.write_partition("features", "", {"snapshot": day}, snap.features.to_arrow(), meta)
-        self.lake.write_partition("profiles", "", {"snapshot": day}, snap.profiles.to_arrow(), meta)
-        for task, lab in snap.labels.items():
-            self.lake.write_partition(
-                "labels", "", {"task": task, "snapshot": day}, lab.to_arrow(), {**meta, "complete": snap.complete[task]}
-            )
+        self.store.write(snap)
 
     def build_and_publish(self, snapshot: date, tasks: list[str] | None = None) -> Snapshot:
         snap = self.build(snapshot, tasks)

@@ -19,12 +19,14 @@ and calibration. The test stays out of time either way.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import polars as pl
 
 from propensity.config import FeatureConfig, TaskConfig
+from propensity.errors import RequestError
 from propensity.features.snapshot import Snapshot
 
 
@@ -64,7 +66,7 @@ def plan_snapshots(
         train.append(t)
         t -= timedelta(days=cfg.snapshot_every_days)
     if not train or (valid is not None and valid < earliest):
-        raise ValueError(
+        raise RequestError(
             f"task {name}: not enough history for an out-of-time split with horizon {task.horizon_days} d "
             f"(data {first_day}..{last_day}, min history {cfg.min_history_days} d): need about "
             f"{cfg.min_history_days + 3 * task.horizon_days} days"
@@ -87,3 +89,8 @@ def stack(snapshots: list[Snapshot], task: str) -> pl.DataFrame:
             .with_columns(pl.lit(s.snapshot).alias("snapshot"))
         )
     return pl.concat(blocks, how="vertical")
+
+
+def plan_dates(plans: Iterable[SnapshotPlan]) -> list[date]:
+    """Every snapshot date the plans need, once each, ascending."""
+    return sorted({d for p in plans for d in p.all()})

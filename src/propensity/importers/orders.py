@@ -48,6 +48,7 @@ import pyarrow as pa
 
 from propensity.codes import ISO_COUNTRIES, ISO_CURRENCIES, country_code
 from propensity.contracts import contract
+from propensity.errors import DataQualityError
 from propensity.sources.oltp import ShopDB
 
 __all__ = ["CANONICAL", "OPTIONAL", "REQUIRED", "ImportDataError", "ImportReport", "import_orders"]
@@ -79,7 +80,7 @@ STATUS_SYNONYMS: dict[str, str] = {
 }  # fmt: skip
 
 
-class ImportDataError(ValueError):
+class ImportDataError(DataQualityError):
     """An import file cannot be loaded; the message names the file, column, row and value."""
 
 

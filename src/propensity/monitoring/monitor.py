@@ -35,17 +35,18 @@ import polars as pl
 
 from propensity.calendar import PromotionCalendar, feature_names, known_calendar
 from propensity.config import Settings
+from propensity.errors import RequestError
 from propensity.features.catalogue import group_features
 from propensity.lake import Lake
 from propensity.monitoring.drift import DriftReport, build_reference, task_drift
+from propensity.zones import DRIFT as DRIFT_ZONE
+from propensity.zones import FEATURES as FEATURES_ZONE
+from propensity.zones import LABELS as LABELS_ZONE
+from propensity.zones import SCORES as SCORES_ZONE
 
 log = logging.getLogger(__name__)
 
 REFERENCE_ARTIFACT = "reference.json"
-DRIFT_ZONE = "drift"
-FEATURES_ZONE = "features"
-LABELS_ZONE = "labels"
-SCORES_ZONE = "scores"
 KEY = "customer_id"
 
 
@@ -53,7 +54,7 @@ class ReferenceUnavailable(LookupError):
     """No champion, or a champion without a drift reference: the task cannot be monitored."""
 
 
-class MonitorRequestError(ValueError):
+class MonitorRequestError(RequestError):
     """Nothing to monitor (no features snapshot published, or not the one asked for)."""
 
 

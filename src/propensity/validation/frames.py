@@ -17,14 +17,15 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
+from propensity.errors import DataQualityError
 from propensity.validation.checks import Check
 from propensity.validation.runner import GXRunner, SuiteResult
 
 _RUNNER: GXRunner | None = None
 
 
-class FrameValidationError(ValueError):
-    pass
+class FrameValidationError(DataQualityError):
+    """A derived frame (features, profiles, labels, scores) breaks its checks: nothing of it is published."""
 
 
 def _runner() -> GXRunner:

@@ -28,28 +28,39 @@ import pyarrow.compute as pc
 
 from propensity.config import Settings
 from propensity.contracts import TABLES, TableContract, contract
+from propensity.errors import DataQualityError
 from propensity.lake import Lake
 from propensity.validation import checks as ck
 from propensity.validation.runner import CheckResult, GXRunner
 
 log = logging.getLogger(__name__)
 
-RAW, CLEAN, QUARANTINE, RESULTS = "raw", "clean", "quarantine", "validation"
+from propensity.zones import CLEAN, QUARANTINE, RAW  # noqa: E402
+from propensity.zones import VALIDATION as RESULTS  # noqa: E402
+
 PARTITION_RULES = ("schema", "volume", "empty_partition", "freshness")
 DQ_COLUMNS = ("dq_rule", "dq_column", "dq_reason")
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(DataQualityError):
     """Raised after a run when any partition had a critical failure; carries every outcome."""
 
-    def __init__(self, outcomes: Sequence[PartitionOutcome]) -> None:
+    def __init__(self, outcomes: Sequence[PartitionOutcome], lines: Sequence[str] | None = None) -> None:
         self.outcomes = list(outcomes)
-        bad = [o for o in outcomes if o.critical]
-        lines = [f"{o.table} dt={o.dt}: {msg}" for o in bad for msg in o.critical]
+        bad = {(o.table, o.dt) for o in outcomes if o.critical}
+        lines = (
+            list(lines) if lines is not None else [f"{o.table} dt={o.dt}: {m}" for o in outcomes for m in o.critical]
+        )
+        count = len(bad) or len({line.split(":", 1)[0] for line in lines})
         super().__init__(
-            f"critical data-quality failures in {len(bad)} partition(s); nothing published for them:\n  "
+            f"critical data-quality failures in {count} partition(s); nothing published for them:\n  "
             + "\n  ".join(lines)
         )
+
+    @classmethod
+    def from_lines(cls, lines: Sequence[str]) -> ValidationFailed:
+        """From the ``"<table> dt=<day>: <message>"`` lines of a validation record (no outcomes at hand)."""
+        return cls([], lines)
 
 
 @dataclass

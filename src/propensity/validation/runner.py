@@ -137,10 +137,17 @@ class GXRunner:
                     sample=list(res.get("partial_unexpected_list") or [])[:5],
                 )
             )
-        docs = None
-        if self.with_docs:
-            urls = self.context.get_docs_sites_urls()
-            docs = urls[0]["site_url"] if urls else None
         return SuiteResult(
-            name=name, success=bool(vr.success), results=out, statistics=dict(vr.statistics or {}), docs_url=docs
+            name=name,
+            success=bool(vr.success),
+            results=out,
+            statistics=dict(vr.statistics or {}),
+            docs_url=self.docs_url(),
         )
+
+    def docs_url(self) -> str | None:
+        """The Data Docs site's index (a ``file://`` URL for a file project); None without Data Docs."""
+        if not self.with_docs:
+            return None
+        urls = self.context.get_docs_sites_urls()
+        return urls[0]["site_url"] if urls else None
