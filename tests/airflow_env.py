@@ -27,6 +27,7 @@ Use the ``airflow_env`` fixture (session-scoped)::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -259,6 +260,28 @@ def _param_defaults(dag: Any) -> list[tuple[Any, Any]]:
     return [(param, copy.deepcopy(param.value)) for holder in holders for _, param in holder.items()]
 
 
+@contextlib.contextmanager
+def _partition(key: str | None) -> Any:
+    """``dag.test()`` has no partition argument: give the run it creates ``key`` (what a trigger
+    with a partition key, or a partitioned schedule, does), so its asset events carry the key."""
+    if key is None:
+        yield
+        return
+    from unittest import mock
+
+    from airflow.serialization.definitions.dag import SerializedDAG
+
+    original = SerializedDAG.create_dagrun
+
+    def create_dagrun(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["partition_key"] = key
+        kwargs["partition_date"] = self.timetable.resolve_partition_date(key)
+        return original(self, *args, **kwargs)
+
+    with mock.patch.object(SerializedDAG, "create_dagrun", create_dagrun):
+        yield
+
+
 def _dag_test(dag_id: str, runs: str, retries: str) -> dict[str, Any]:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.asset import AssetEvent, AssetModel
@@ -280,8 +303,12 @@ def _dag_test(dag_id: str, runs: str, retries: str) -> dict[str, Any]:
         saved = {k: os.environ.get(k) for k in spec.get("env") or {}}
         os.environ.update(spec.get("env") or {})
         t0 = time.perf_counter()
+        # dag.test() replaces an earlier run with the same logical date (None included), with its
+        # task instances and XComs: a run without one gets a unique one, so every run stays inspectable
+        logical = timezone.parse(spec["logical_date"]) if spec.get("logical_date") else timezone.utcnow()
         try:
-            dr = dag.test(logical_date=timezone.parse(spec["logical_date"]), run_conf=spec.get("conf") or None)
+            with _partition(spec.get("partition_key")):
+                dr = dag.test(logical_date=logical, run_conf=spec.get("conf") or None)
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -292,8 +319,10 @@ def _dag_test(dag_id: str, runs: str, retries: str) -> dict[str, Any]:
         with create_session() as session:
             tis = {ti.task_id: value(ti.state) for ti in dr.get_task_instances(session=session)}
             events = [
-                {"uri": uri, "extra": extra, "source_task_id": task_id}
-                for uri, extra, task_id in session.query(AssetModel.uri, AssetEvent.extra, AssetEvent.source_task_id)
+                {"uri": uri, "extra": extra, "source_task_id": task_id, "partition_key": key}
+                for uri, extra, task_id, key in session.query(
+                    AssetModel.uri, AssetEvent.extra, AssetEvent.source_task_id, AssetEvent.partition_key
+                )
                 .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
                 .filter(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == dr.run_id)
                 .all()
@@ -302,6 +331,7 @@ def _dag_test(dag_id: str, runs: str, retries: str) -> dict[str, Any]:
             {
                 "state": value(dr.state),
                 "run_id": dr.run_id,
+                "partition_key": dr.partition_key,
                 "logical_date": dr.logical_date,
                 "data_interval": [dr.data_interval_start, dr.data_interval_end],
                 "tasks": tis,

@@ -198,10 +198,9 @@ def test_signature_mismatch_stops_and_writes_nothing(scored_shop, tmp_path):
     snap = SnapshotBuilder(s).build(D + timedelta(days=1))
     snap.features = snap.features.with_columns(pl.col("recency_days").cast(pl.String))
     # written straight to the lake: a published snapshot would be stopped by the catalogue checks first
-    lake.write_partition("features", "", {"snapshot": day}, snap.features.to_arrow())
-    lake.write_partition("profiles", "", {"snapshot": day}, snap.profiles.to_arrow())
-    for task, lab in snap.labels.items():
-        lake.write_partition("labels", "", {"task": task, "snapshot": day}, lab.to_arrow())
+    from propensity.features.store import SnapshotStore
+
+    SnapshotStore(lake).write(snap)
     with pytest.raises(SignatureMismatch, match=r"scores\.\w+\.\S+: column 'recency_days': rule model_signature"):
         score(s, D + timedelta(days=1))
     assert not [p for p in lake.partitions("scores", "") if p["dt"] == day]

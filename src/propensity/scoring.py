@@ -230,15 +230,16 @@ def ensure_snapshot(settings: Settings, d: date, tasks: list[str], builder: Any 
     published snapshot); True when it was built now. Then the freshness guard: a snapshot more
     than ``scoring.max_staleness_days`` after its last observed day raises :class:`StaleSnapshotError`."""
     from propensity.features.snapshot import SnapshotBuilder
-    from propensity.features.store import SnapshotStore
+    from propensity.features.store import SnapshotStore, check_fresh
 
     store = SnapshotStore.open(settings)
+    max_days = settings.scoring.max_staleness_days
     built = bool(store.missing(d, tasks))
-    if built:
+    if built:  # checked before building: a stale snapshot is not even published
         builder = builder or SnapshotBuilder(settings)
-        builder.span()  # an empty clean zone is a RequestError, not an empty snapshot
+        check_fresh(d, builder.span()[1], max_days, "scores")
         builder.build_and_publish(d, tasks)
-    store.require_fresh(d, settings.scoring.max_staleness_days, "scores")
+    store.require_fresh(d, max_days, "scores")
     return built
 
 

@@ -30,11 +30,20 @@ def configured_tasks() -> list[str]:
 
 
 def configured_audiences() -> list[str]:
-    """The audiences declared in the configured audiences YAML (for the trigger form)."""
-    from propensity.audiences.spec import load_audiences
+    """The audience names declared in the configured audiences YAML (for the trigger form).
 
-    settings = load_settings()
-    return [a.name for a in load_audiences(settings.audiences_file, list(settings.tasks)).ordered()]
+    Read as plain YAML: DAG files are parsed often and under a timeout, so the audiences
+    package (polars, the lake, the object store client) is not imported here; the file is
+    validated when a run builds the audiences.
+    """
+    import yaml
+
+    path = load_settings().audiences_file
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(a["name"]) for a in doc.get("audiences") or [] if isinstance(a, dict) and a.get("name")]
 
 
 @dataclass(frozen=True)

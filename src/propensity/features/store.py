@@ -138,13 +138,7 @@ class SnapshotStore:
                 f"{what} {day}: snapshot {day} does not record the last day it observed (built by an older "
                 f"version): rebuild it with 'propensity features --snapshot {day}'"
             )
-        lag = (day - last).days
-        if lag > max_days:
-            raise StaleSnapshotError(
-                f"{what} {day}: snapshot {day} is {lag} days after the last observed day {last} "
-                f"(scoring.max_staleness_days is {max_days}): nothing is scored or exported from stale data"
-            )
-        return last
+        return check_fresh(day, last, max_days, what)
 
     # shards of a sharded snapshot build ---------------------------------------------------
 
@@ -220,3 +214,15 @@ class SnapshotStore:
 
     def delete_score_shard(self, task: str, d: date | str, shard: int) -> None:
         self.lake.delete_partition(SCORES, SHARDS, self.score_shard_part(task, d, shard))
+
+
+def check_fresh(day: date, last: date, max_days: int, what: str) -> date:
+    """Raise :class:`StaleSnapshotError` when snapshot ``day`` is more than ``max_days`` after ``last``,
+    the last day of data it observed (or would observe); returns ``last``."""
+    lag = (day - last).days
+    if lag > max_days:
+        raise StaleSnapshotError(
+            f"{what} {day}: snapshot {day} is {lag} days after the last observed day {last} "
+            f"(scoring.max_staleness_days is {max_days}): nothing is scored or exported from stale data"
+        )
+    return last
