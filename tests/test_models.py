@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import warnings
 from datetime import date, timedelta
 
 import boto3
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import CLEAN, ONLINE_SHOPPERS
 from mlflow import MlflowClient
 
 from propensity.collect import collect
-from propensity.config import Settings
+from propensity.config import ModelConfig, Settings
+from propensity.features.catalogue import feature_names
+from propensity.models.fingerprint import data_digest, model_parameters, params_digest
 from propensity.models.model import model_input
-from propensity.models.registry import promote, rollback
-from propensity.models.train import TaskFrames, Trainer
+from propensity.models.registry import gate_and_alias, pick_version, promote, rollback
+from propensity.models.tracking import CLASSIC_ML, EXPERIMENT_KIND_TAG, configure, route_mlflow_logging
+from propensity.models.train import TaskFrames, Trainer, headline_metrics
 from propensity.services import MlflowServer
 from propensity.simulate import simulate
 from propensity.validation import Gate
@@ -155,3 +162,179 @@ def test_online_shoppers_conversion_sanity(tmp_path):
     assert m["n_test"] == 3083  # stratified 25% of 12,330 sessions
     assert m["auc"] >= 0.90, f"session conversion AUC {m['auc']:.4f}; the best published figure is 0.937"
     assert m["ece"] < 0.05
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_retraining_on_the_same_data_leaves_one_model_version(shop, mlflow_server):
+    client = MlflowClient(mlflow_server.tracking_uri, registry_uri=mlflow_server.tracking_uri)
+    first = Trainer(shop).train(["churn"])["tasks"]["churn"]  # v1, or the version an earlier test registered
+    versions = {v.version for v in client.search_model_versions("name = 'propensity-churn'")}
+    champion = client.get_model_version_by_alias("propensity-churn", "champion").version
+    matched = client.get_model_version("propensity-churn", first["model_version"])
+    assert {"data_digest", "params_digest"} <= set(matched.tags)
+
+    again = Trainer(shop)  # a new trainer: snapshots rebuilt from the lake, as in a new process
+    report = again.train(["churn"])
+    r = report["tasks"]["churn"]
+    assert r["unchanged"] is True and r["promoted"] is False
+    assert r["model_version"] == first["model_version"]
+    assert r["outcome"] == f"unchanged (same data and parameters as v{first['model_version']})"
+    assert (r["data_digest"], r["params_digest"]) == (matched.tags["data_digest"], matched.tags["params_digest"])
+    assert r["test_auc"] == pytest.approx(first["test_auc"]) and r["ece"] == pytest.approx(first["ece"])
+    assert r["baseline_auc"] == pytest.approx(first["baseline_auc"]) and r["n_train"] == first["n_train"]
+    assert {v.version for v in client.search_model_versions("name = 'propensity-churn'")} == versions
+    assert client.get_model_version_by_alias("propensity-churn", "champion").version == champion
+    assert client.get_model_version("propensity-churn", matched.version).tags == matched.tags  # not re-gated
+    result = again.results["churn"]
+    assert result.unchanged and result.model is None and result.decision["matched_version"] == matched.version
+
+    # the child run says it matched, and repeats the metrics under the usual names
+    child = client.get_run(result.run_id)
+    assert child.data.tags["propensity.unchanged"] == "true"
+    assert child.data.tags["propensity.matched_version"] == matched.version
+    assert child.data.tags["propensity.matched_run_id"] == matched.run_id
+    assert child.data.params["task"] == "churn" and child.data.metrics["test_auc"] == pytest.approx(r["test_auc"])
+    assert child.data.tags["mlflow.parentRunId"] == report["parent_run_id"]
+
+    # the parent run of one task: task name and headline metrics, under the child runs' names
+    parent = client.get_run(report["parent_run_id"])
+    assert parent.data.tags["task"] == parent.data.params["task"] == "churn"
+    assert parent.data.tags["propensity.unchanged_tasks"] == "churn"
+    assert {"test_auc", "test_pr_auc", "test_ece", "baseline_logreg_rfm_auc", "oracle_auc", "oracle_gap"} <= set(
+        parent.data.metrics
+    )
+    assert parent.data.metrics["test_auc"] == pytest.approx(r["test_auc"])
+    assert not [k for k in parent.data.metrics if "/" in k]
+
+    # the experiment is a classic ML one
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # without registering, the task is fitted again and nothing is registered
+    fitted = Trainer(shop).train(["churn"], register=False)["tasks"]["churn"]
+    assert fitted["unchanged"] is False and fitted["model_version"] is None and fitted["outcome"] == "not registered"
+    assert fitted["data_digest"] == r["data_digest"] and fitted["test_auc"] == pytest.approx(r["test_auc"])
+    assert {v.version for v in client.search_model_versions("name = 'propensity-churn'")} == versions
+
+    # two front doors racing: a second version with the same fingerprint is never promoted
+    fp = result.fingerprint
+    mlflow.set_registry_uri(mlflow_server.tracking_uri)
+    dup = mlflow.register_model(matched.source, "propensity-churn")
+    fr = again.frames("churn", again.plans(["churn"], None)["churn"], ["churn"])
+    x = model_input(fr.test, feature_names())
+    decision = gate_and_alias(shop, "churn", dup.version, r["test_auc"], x, fr.test["label"].to_numpy(), fingerprint=fp)
+    assert decision["promoted"] is False and decision["unchanged"] is True
+    assert decision["matched_version"] == matched.version and decision["challenger_version"] == dup.version
+    assert client.get_model_version_by_alias("propensity-churn", "challenger").version != dup.version
+    assert client.get_model_version_by_alias("propensity-churn", "champion").version == champion
+    tags = client.get_model_version("propensity-churn", dup.version).tags
+    assert tags["gate.decision"].startswith("unchanged (same data and parameters as v")
+    assert fp.matches(tags)
+
+
+def test_headline_metrics_plain_for_one_task_prefixed_for_several():
+    child = {"test_auc": 0.8, "test_pr_auc": 0.4, "test_ece": 0.01, "test_lift_top10": 3.0, "n_train": 100.0}
+    child |= {"baseline_logreg_rfm_auc": 0.7, "oracle_auc": 0.85, "oracle_gap": 0.05}
+    one = headline_metrics(child, "churn", several=False)
+    assert one == {k: child[k] for k in ("test_auc", "test_pr_auc", "test_ece", "baseline_logreg_rfm_auc")} | {
+        "oracle_auc": 0.85,
+        "oracle_gap": 0.05,
+    }
+    several = headline_metrics(child, "churn", several=True)
+    assert several == {f"churn/{k}": v for k, v in one.items()}
+
+
+def _frames(rng: np.random.Generator, n: int = 300) -> dict[str, pd.DataFrame]:
+    def frame(snapshot: str) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "customer_id": np.arange(n),
+                "snapshot": snapshot,
+                "label": rng.integers(0, 2, n),
+                "recency_days": rng.exponential(30, n).round(),
+                "country": rng.choice(["DE", "FR", None], n),
+            }
+        )
+
+    return {"train": frame("2025-01-01"), "valid": frame("2025-02-01"), "test": frame("2025-03-01")}
+
+
+def test_data_digest_ignores_row_order_and_dtype_but_sees_every_value_and_split():
+    frames = _frames(np.random.default_rng(0))
+    feats, cats = ["recency_days", "country"], ["country"]
+    digest = data_digest(frames, feats, cats)
+    shuffled = {k: v.sample(frac=1.0, random_state=1) for k, v in frames.items()}
+    assert data_digest(shuffled, feats, cats) == digest, "row order is not data"
+    as_float = {k: v.astype({"label": "float64"}) for k, v in frames.items()}
+    assert data_digest(as_float, feats, cats) == digest, "the same values in another dtype"
+
+    changed = {k: v.copy() for k, v in frames.items()}
+    changed["valid"].loc[7, "recency_days"] += 1
+    assert data_digest(changed, feats, cats) != digest
+    relabelled = {k: v.copy() for k, v in frames.items()}
+    relabelled["test"].loc[3, "label"] = 1 - relabelled["test"].loc[3, "label"]
+    assert data_digest(relabelled, feats, cats) != digest
+    moved = dict(frames, train=frames["train"].iloc[1:], valid=pd.concat([frames["valid"], frames["train"].iloc[:1]]))
+    assert data_digest(moved, feats, cats) != digest, "a row moving between splits"
+    assert data_digest(frames, ["recency_days"], []) != digest, "fewer model inputs"
+
+
+def test_params_digest_follows_the_model_not_the_gate():
+    def digest(**update) -> str:
+        models = ModelConfig().model_copy(update=update).model_dump(mode="json")
+        plan = {"horizon_days": 60, "train": ["2025-01-01"], "valid": "2025-03-01", "test": "2025-05-01"}
+        task = {"horizon_days": 60, "label": "inactive"}
+        return params_digest(model_parameters(models, "churn", task, plan, ["a", "b"], ["b"]))
+
+    base = digest()
+    assert digest() == base
+    assert digest(margin=0.5, floors={"churn": 0.9}, experiment="other") == base
+    assert digest(learning_rate=0.1) != base and digest(seed=8) != base and digest(tuning_trials=5) != base
+
+
+def test_pick_version_prefers_the_champion_then_the_oldest():
+    assert pick_version([], "3") is None
+    assert pick_version(["10", "9", "4"], None) == "4"
+    assert pick_version(["10", "9", "4"], "9") == "9"
+    assert pick_version(["10", "9"], "4") == "9"
+
+
+def test_configure_marks_new_and_existing_experiments_as_classic_ml(tmp_path):
+    s = Settings(home=tmp_path, models={"experiment": "existing"})
+    client = MlflowClient(s.tracking_uri, registry_uri=s.tracking_uri)
+    old = client.create_experiment("existing")
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    assert configure(s) == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == CLASSIC_ML == "custom_model_development"
+    new = configure(s.model_copy(update={"models": s.models.model_copy(update={"experiment": "new"})}))
+    assert client.get_experiment(new).tags[EXPERIMENT_KIND_TAG] == CLASSIC_ML
+    assert configure(s) == old  # idempotent
+
+
+def test_route_mlflow_logging_sends_mlflow_output_through_logging(monkeypatch, capfd, caplog):
+    from mlflow.utils import logging_utils
+
+    # MLflow's import-time setup: a handler on its own stderr stream, no propagation
+    monkeypatch.setattr(logging_utils, "MLFLOW_LOGGING_STREAM", logging_utils.MlflowLoggingStream())
+    logging_utils._configure_mlflow_loggers(root_module_name="mlflow")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    caplog.set_level(logging.INFO)
+    logging.getLogger("mlflow.store.probe").info("before routing")
+    assert "before routing" in capfd.readouterr().err and "before routing" not in caplog.text
+
+    route_mlflow_logging()
+    route_mlflow_logging()  # idempotent
+    logging.getLogger("mlflow.store.probe").info("an info line")
+    logging_utils.eprint("Created version '7' of model 'propensity-churn'.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn_explicit("a schema hint", UserWarning, str(logging_utils.__file__), 1)
+    assert capfd.readouterr().err == ""
+    levels = {r.getMessage(): r.levelname for r in caplog.records}
+    assert levels["an info line"] == "INFO"
+    assert levels["Created version '7' of model 'propensity-churn'."] == "INFO"
+    assert [lvl for msg, lvl in levels.items() if msg.startswith("UserWarning: a schema hint")] == ["WARNING"]
+    assert logging.getLogger("mlflow").propagate and not logging.getLogger("mlflow").handlers
+    assert logging.getLogger("sqlalchemy.engine").level == logging.WARNING  # no SQL echo through propagation
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"

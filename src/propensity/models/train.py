@@ -6,7 +6,14 @@ latest fully-labelled snapshot as the test. The same run fits two baselines (log
 regression on scaled RFM features, a recency/frequency heuristic) and, on simulated
 data, reads the oracle from the truth store to report the gap to the best possible AUC.
 Every task is a nested MLflow run under one parent run; the model is registered and
-gated (:mod:`propensity.models.registry`).
+gated (:mod:`propensity.models.registry`). The parent run carries the task name(s) and
+each task's headline metrics, so the runs list compares parents without picking columns.
+
+Before fitting, a task's frames and parameters are fingerprinted
+(:mod:`propensity.models.fingerprint`). When a registered version already carries the
+same fingerprint, the task is *unchanged*: nothing is fitted, registered or gated, the
+child run records which version it matches, and the report repeats that version's
+metrics. Retraining on the same data therefore leaves the registry as it was.
 """
 
 from __future__ import annotations
@@ -26,15 +33,20 @@ import mlflow
 import numpy as np
 import pandas as pd
 import polars as pl
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from propensity.config import ModelConfig, Settings
 from propensity.features.catalogue import categorical_features, feature_names
 from propensity.features.snapshot import Snapshot, SnapshotBuilder
-from propensity.features.training import SnapshotPlan, plan_snapshots, stack
+from propensity.features.training import SnapshotPlan, stack
 from propensity.models import plots
+from propensity.models.fingerprint import Fingerprint, data_digest, model_parameters, params_digest
 from propensity.models.metrics import evaluate, group_auc, safe_auc
 from propensity.models.model import Calibrator, CategoryEncoder, PropensityModel, PropensityPyfunc, model_input
-from propensity.models.registry import gate_and_alias
+from propensity.models.registry import find_unchanged, gate_and_alias, unchanged_note
 from propensity.models.tracking import code_version, configure
 
 log = logging.getLogger(__name__)
@@ -51,6 +63,23 @@ RFM_BASELINE = [
     "aov_365d",
     "ipi_mean_days",
 ]
+#: Baselines every task is compared with (``baseline_<name>_auc`` metrics).
+BASELINES = ("logreg_rfm", "recency_frequency")
+#: Child-run metrics repeated on the parent run: what one compares runs by.
+HEADLINE = (
+    "test_auc",
+    "test_pr_auc",
+    "test_ece",
+    *(f"baseline_{b}_auc" for b in BASELINES),
+    "oracle_auc",
+    "oracle_gap",
+)
+#: Run tags of a task's child run: whether it was skipped as unchanged, and what it matched.
+UNCHANGED_TAG = "propensity.unchanged"
+MATCHED_VERSION_TAG = "propensity.matched_version"
+MATCHED_RUN_TAG = "propensity.matched_run_id"
+#: Parent-run tag: the tasks of the run that were unchanged (comma-separated, empty if none).
+UNCHANGED_TASKS_TAG = "propensity.unchanged_tasks"
 
 
 @dataclass
@@ -63,6 +92,10 @@ class TaskFrames:
 
 @dataclass
 class TaskResult:
+    """One task's outcome. ``unchanged``: an existing version (``model_version``) was trained
+    on the same data with the same parameters, so nothing was fitted: ``model`` and
+    ``test_scores`` are None and the metrics are that version's."""
+
     task: str
     metrics: dict[str, float]
     valid_auc: float | None
@@ -73,26 +106,139 @@ class TaskResult:
     n_test: int
     best_iteration: int
     seconds: float
-    model: PropensityModel
-    test_scores: np.ndarray
+    model: PropensityModel | None
+    test_scores: np.ndarray | None
     run_id: str | None = None
     model_version: str | None = None
     promoted: bool = False
     decision: dict[str, Any] = field(default_factory=dict)
+    unchanged: bool = False
+    fingerprint: Fingerprint | None = None
+
+    @property
+    def outcome(self) -> str:
+        """One line on what happened to the registry, for logs and reports."""
+        if self.unchanged:
+            return unchanged_note(str(self.model_version))
+        if self.model_version is None:
+            return "not registered"
+        if self.decision.get("unchanged"):
+            return f"v{self.model_version} registered, {self.decision['reasons'][0]}: not promoted"
+        if self.promoted:
+            return f"v{self.model_version} promoted to champion"
+        verdict = "passed the gate" if self.decision.get("passed") else "rejected by the gate"
+        return f"v{self.model_version} {verdict}, champion unchanged"
 
     def report(self) -> dict[str, Any]:
+        fp = self.fingerprint
         return {
-            "test_auc": self.metrics["auc"],
-            "test_pr_auc": self.metrics["pr_auc"],
-            "ece": self.metrics["ece"],
+            "test_auc": self.metrics.get("auc"),
+            "test_pr_auc": self.metrics.get("pr_auc"),
+            "ece": self.metrics.get("ece"),
             "baseline_auc": self.baseline_auc,
             "oracle_auc": self.oracle_auc,
             "n_train": self.n_train,
             "n_test": self.n_test,
             "model_version": self.model_version,
             "promoted": self.promoted,
+            "unchanged": self.unchanged,
+            "outcome": self.outcome,
+            "data_digest": fp.data_digest if fp is not None else None,
+            "params_digest": fp.params_digest if fp is not None else None,
             "train_seconds": round(self.seconds, 2),
         }
+
+
+def run_metrics(r: TaskResult) -> dict[str, float]:
+    """The metrics of a task's child run (names the tests and the drift monitor rely on)."""
+    metrics = {f"test_{k}": v for k, v in r.metrics.items() if np.isfinite(v)}
+    metrics.update({f"baseline_{k}_auc": v for k, v in r.baseline_auc.items() if v is not None})
+    metrics.update({"n_train": r.n_train, "n_valid": r.n_valid, "n_test": r.n_test, "train_seconds": r.seconds})
+    if r.valid_auc is not None:
+        metrics["valid_auc"] = r.valid_auc
+    if r.oracle_auc is not None and "auc" in r.metrics:
+        metrics["oracle_auc"] = r.oracle_auc
+        metrics["oracle_gap"] = r.oracle_auc - r.metrics["auc"]
+    return metrics
+
+
+def headline_metrics(metrics: dict[str, float], task: str, several: bool) -> dict[str, float]:
+    """:data:`HEADLINE` metrics of one task for its parent run: plain names when the parent
+    trains one task (same columns as the child runs), ``<task>/<metric>`` when it trains several."""
+    prefix = f"{task}/" if several else ""
+    return {f"{prefix}{k}": metrics[k] for k in HEADLINE if k in metrics}
+
+
+def plan_params(task: str, plan: SnapshotPlan) -> dict[str, Any]:
+    """Run parameters describing a task's snapshot plan."""
+    return {
+        "task": task,
+        "horizon_days": plan.horizon_days,
+        "test_snapshot": plan.test.isoformat(),
+        "valid_snapshot": plan.valid.isoformat() if plan.valid else "customer holdout",
+        "train_snapshots": ",".join(d.isoformat() for d in plan.train),
+    }
+
+
+def plan_identity(plan: SnapshotPlan) -> dict[str, Any]:
+    """The snapshot plan as JSON values, for the parameter digest."""
+    return {
+        "horizon_days": plan.horizon_days,
+        "train": [d.isoformat() for d in plan.train],
+        "valid": plan.valid.isoformat() if plan.valid else None,
+        "test": plan.test.isoformat(),
+    }
+
+
+def unchanged_result(
+    task: str, fr: TaskFrames, version: str, run: Run, seconds: float, fingerprint: Fingerprint
+) -> TaskResult:
+    """The result of a task that matched ``version``: its metrics are read back from the
+    version's training run (``run``), the row counts are this run's (equal by construction)."""
+    logged = run.data.metrics
+    best = run.data.params.get("best_iteration", "0")
+    return TaskResult(
+        task=task,
+        metrics={k.removeprefix("test_"): v for k, v in logged.items() if k.startswith("test_")},
+        valid_auc=logged.get("valid_auc"),
+        baseline_auc={b: logged.get(f"baseline_{b}_auc") for b in BASELINES},
+        oracle_auc=logged.get("oracle_auc"),
+        n_train=len(fr.train),
+        n_valid=len(fr.valid),
+        n_test=len(fr.test),
+        best_iteration=int(best) if best.isdigit() else 0,
+        seconds=seconds,
+        model=None,
+        test_scores=None,
+        model_version=version,
+        promoted=False,
+        decision={
+            "task": task,
+            "model": f"propensity-{task}",
+            "unchanged": True,
+            "matched_version": version,
+            "matched_run_id": run.info.run_id,
+            "promoted": False,
+            "reasons": [unchanged_note(version)],
+            "note": "nothing fitted, registered or gated",
+        },
+        unchanged=True,
+        fingerprint=fingerprint,
+    )
+
+
+def summary(r: TaskResult) -> str:
+    """The log line of a trained (or unchanged) task."""
+
+    def f(v: float | None) -> str:
+        return f"{v:.4f}" if v is not None else "n/a"
+
+    return (
+        f"{r.task}: {r.outcome}; test AUC {f(r.metrics.get('auc'))} (valid {f(r.valid_auc)}, "
+        f"logreg {f(r.baseline_auc.get('logreg_rfm'))}, heuristic {f(r.baseline_auc.get('recency_frequency'))}, "
+        f"oracle {f(r.oracle_auc)}), ECE {f(r.metrics.get('ece'))}, {r.n_train} train rows, {r.seconds:.1f} s, "
+        f"version {r.model_version}, promoted {r.promoted}"
+    )
 
 
 def heuristic_score(df: pd.DataFrame, label: str) -> np.ndarray:
@@ -165,17 +311,12 @@ class Trainer:
     # data ---------------------------------------------------------------------------------
 
     def plans(self, tasks: list[str], as_of: date | None) -> dict[str, SnapshotPlan]:
-        first, last = self.builder.data.start, self.builder.observed_until
-        if first is None or last is None:
-            raise ValueError("the clean zone has no orders or events: run collect and validate first")
-        return {
-            n: plan_snapshots(n, self.settings.tasks[n], first.date(), last, self.settings.features, as_of)
-            for n in tasks
-        }
+        return self.builder.plans(tasks, as_of)
 
     def snapshot(self, d: date, tasks: list[str]) -> Snapshot:
+        """The snapshot at ``d``: the published one when its labels are final, else built in memory."""
         if d not in self.snapshots:
-            self.snapshots[d] = self.builder.build(d, tasks)
+            self.snapshots[d] = self.builder.load_or_build(d, tasks)
         return self.snapshots[d]
 
     def frames(self, task: str, plan: SnapshotPlan, tasks: list[str]) -> TaskFrames:
@@ -253,6 +394,13 @@ class Trainer:
         """Fit and evaluate one task; also returns its frames and baseline scores for logging."""
         t0 = time.perf_counter()
         fr = self.frames(task, plan, tasks)
+        result, base_scores = self.evaluate(task, fr, t0)
+        return result, fr, base_scores
+
+    def evaluate(self, task: str, fr: TaskFrames, t0: float) -> tuple[TaskResult, dict[str, np.ndarray]]:
+        """Fit on ``fr`` and evaluate on its test frame against the baselines (and the oracle);
+        ``t0`` is when the task started, for its timing."""
+        plan = fr.plan
         model, best = self.fit(fr)
         y = fr.test["label"].to_numpy()
         p = model.predict_proba(model_input(fr.test, model.features))
@@ -281,22 +429,60 @@ class Trainer:
             model=model,
             test_scores=p,
         )
-        return result, fr, base_scores
+        return result, base_scores
+
+    # fingerprint --------------------------------------------------------------------------
+
+    def fingerprint(
+        self, task: str, fr: TaskFrames, features: list[str] | None = None, categorical: list[str] | None = None
+    ) -> Fingerprint:
+        """Digest of what :meth:`fit` would see: the frames, and the parameters that shape the model."""
+        feats = features or feature_names()
+        cats = [c for c in (categorical if categorical is not None else categorical_features()) if c in feats]
+        params = model_parameters(
+            self.settings.models.model_dump(mode="json"),
+            task,
+            self.settings.tasks[task].model_dump(mode="json"),
+            plan_identity(fr.plan),
+            feats,
+            cats,
+        )
+        frames = {"train": fr.train, "valid": fr.valid, "test": fr.test}
+        return Fingerprint(data_digest(frames, feats, cats), params_digest(params))
+
+    def matched_version(self, task: str, fingerprint: Fingerprint) -> tuple[ModelVersion, Run] | None:
+        """The registered version with ``fingerprint`` and its training run, when that run can
+        still be read with its metrics (else the task is trained again rather than reported blind)."""
+        client = MlflowClient()
+        version = find_unchanged(client, task, fingerprint)
+        if version is None:
+            return None
+        try:
+            run = client.get_run(version.run_id) if version.run_id else None
+        except MlflowException as exc:
+            log.warning("%s v%s matches but its run cannot be read (%s): training again", task, version.version, exc)
+            return None
+        if run is None or "test_auc" not in run.data.metrics:
+            log.warning("%s v%s matches but its run has no test metrics: training again", task, version.version)
+            return None
+        return version, run
 
     # MLflow -------------------------------------------------------------------------------
 
     def log_task(
         self, r: TaskResult, fr: TaskFrames, base_scores: dict[str, np.ndarray], register: bool, promote: bool = True
     ) -> None:
+        """Log a fitted task to the active (child) run; register and gate it when ``register``."""
+        if r.model is None or r.test_scores is None:
+            raise ValueError(f"task {r.task}: nothing was fitted, there is no model to log")
         s = self.settings
         m = s.models
+        fp = r.fingerprint or self.fingerprint(r.task, fr, r.model.features, list(r.model.encoder.mapping))
+        r.fingerprint = fp
+        mlflow.set_tags({**fp.tags(), UNCHANGED_TAG: "false"})
         mlflow.log_params(
             {
-                "task": r.task,
-                "horizon_days": fr.plan.horizon_days,
-                "test_snapshot": fr.plan.test.isoformat(),
-                "valid_snapshot": fr.plan.valid.isoformat() if fr.plan.valid else "customer holdout",
-                "train_snapshots": ",".join(d.isoformat() for d in fr.plan.train),
+                **plan_params(r.task, fr.plan),
                 "n_features": len(r.model.features),
                 "best_iteration": r.best_iteration,
                 "calibration": r.model.calibrator.kind,
@@ -315,15 +501,7 @@ class Trainer:
                 },
             }
         )
-        metrics = {f"test_{k}": v for k, v in r.metrics.items() if np.isfinite(v)}
-        metrics.update({f"baseline_{k}_auc": v for k, v in r.baseline_auc.items() if v is not None})
-        metrics.update({"n_train": r.n_train, "n_valid": r.n_valid, "n_test": r.n_test, "train_seconds": r.seconds})
-        if r.valid_auc is not None:
-            metrics["valid_auc"] = r.valid_auc
-        if r.oracle_auc is not None:
-            metrics["oracle_auc"] = r.oracle_auc
-            metrics["oracle_gap"] = r.oracle_auc - r.metrics["auc"]
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics(run_metrics(r))
         mlflow.log_dict({"features": r.model.features, "categorical": list(r.model.encoder.mapping)}, "features.json")
         from propensity.monitoring.monitor import training_reference
 
@@ -381,50 +559,79 @@ class Trainer:
                 r.metrics["auc"],
                 model_input(fr.test, r.model.features),
                 y,
-                tags={
-                    "snapshot": fr.plan.test.isoformat(),
-                    "data_digest": train_ds.digest,
-                    "code_version": code_version(),
-                },
+                tags={"snapshot": fr.plan.test.isoformat(), "code_version": code_version()},
                 promote=promote,
+                fingerprint=fp,
             )
             r.promoted = bool(r.decision["promoted"])
             mlflow.log_dict(r.decision, "comparison.json")
+
+    def log_unchanged(self, r: TaskResult, fr: TaskFrames) -> None:
+        """Record on the active (child) run that the task matched a registered version: the
+        plan, the matched version and run as tags, and that version's metrics."""
+        fp = r.fingerprint
+        mlflow.set_tags(
+            {
+                **(fp.tags() if fp is not None else {}),
+                UNCHANGED_TAG: "true",
+                MATCHED_VERSION_TAG: str(r.model_version),
+                MATCHED_RUN_TAG: str(r.decision.get("matched_run_id", "")),
+                "mlflow.note.content": f"{r.outcome}: nothing fitted or registered.",
+            }
+        )
+        mlflow.log_params(plan_params(r.task, fr.plan))
+        mlflow.log_metrics(run_metrics(r))
+
+    def run_task(self, task: str, plan: SnapshotPlan, tasks: list[str], register: bool, promote: bool) -> TaskResult:
+        """One task inside its active child run: fit, log, register and gate it, or, when
+        ``register`` and a registered version has the same fingerprint, only record that.
+
+        Without ``register`` the task is always fitted: such a run is for its model and
+        evaluation (benches, experiments), which a registry match would not give back.
+        """
+        t0 = time.perf_counter()
+        fr = self.frames(task, plan, tasks)
+        fp = self.fingerprint(task, fr)
+        matched = self.matched_version(task, fp) if register else None
+        if matched is not None:
+            version, run = matched
+            r = unchanged_result(task, fr, str(version.version), run, time.perf_counter() - t0, fp)
+            self.log_unchanged(r, fr)
+            return r
+        r, base_scores = self.evaluate(task, fr, t0)
+        r.fingerprint = fp
+        self.log_task(r, fr, base_scores, register, promote)
+        return r
 
     def train(
         self, tasks: list[str] | None = None, as_of: date | None = None, register: bool = True, promote: bool = True
     ) -> dict[str, Any]:
         """Train, log, register and gate ``tasks``; with ``promote=False`` versions are registered
-        and gated (the verdict is recorded) but ``champion`` never moves."""
+        and gated (the verdict is recorded) but ``champion`` never moves. A task whose data and
+        parameters a registered version already has is reported ``unchanged`` (see :meth:`run_task`)."""
         names = tasks or list(self.settings.tasks)
         plans = self.plans(names, as_of)
         experiment_id = configure(self.settings)
         results: dict[str, TaskResult] = {}
         run_name = f"train {max(p.test for p in plans.values())}"
+        several = len(names) > 1
         with mlflow.start_run(run_name=run_name, experiment_id=experiment_id) as parent:
-            mlflow.set_tags({"propensity.code_version": code_version(), "propensity.lake": self.settings.lake_uri})
-            mlflow.log_params({"tasks": ",".join(names), "as_of": str(as_of) if as_of else "latest"})
+            mlflow.set_tags(
+                {
+                    "task": ",".join(names),
+                    "propensity.code_version": code_version(),
+                    "propensity.lake": self.settings.lake_uri,
+                }
+            )
+            mlflow.log_params({"task": ",".join(names), "tasks": ",".join(names), "as_of": str(as_of or "latest")})
             for name in names:
                 with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as child:
-                    r, fr, base_scores = self.train_task(name, plans[name], names)
+                    r = self.run_task(name, plans[name], names, register, promote)
                     r.run_id = child.info.run_id
-                    self.log_task(r, fr, base_scores, register, promote)
-                    results[name] = r
-                    log.info(
-                        "%s: test AUC %.4f (valid %.4f, logreg %.4f, heuristic %.4f, oracle %s), ECE %.4f, "
-                        "%d train rows, %.1f s, version %s, promoted %s",
-                        name,
-                        r.metrics["auc"],
-                        r.valid_auc or float("nan"),
-                        r.baseline_auc["logreg_rfm"] or float("nan"),
-                        r.baseline_auc["recency_frequency"] or float("nan"),
-                        f"{r.oracle_auc:.4f}" if r.oracle_auc is not None else "n/a",
-                        r.metrics["ece"],
-                        r.n_train,
-                        r.seconds,
-                        r.model_version,
-                        r.promoted,
-                    )
+                results[name] = r
+                mlflow.log_metrics(headline_metrics(run_metrics(r), name, several))  # on the parent
+                log.info("%s", summary(r))
+            mlflow.set_tag(UNCHANGED_TASKS_TAG, ",".join(n for n, r in results.items() if r.unchanged))
         report = {"tasks": {n: r.report() for n, r in results.items()}, "parent_run_id": parent.info.run_id}
         self.results = results
         return report
