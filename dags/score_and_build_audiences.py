@@ -7,7 +7,8 @@ builds the declared audiences (suppression, dedup, channels, control groups, rea
 from the model version that made the scores) and publishes them: lake Parquet,
 pseudonymous CSV exports with manifests, the CRM table, the composition report.
 
-* **Partitions**: one run per snapshot `T`, when `build_features` publishes `features` for `T`.
+* **Partitions**: one run per snapshot `T`, when `train_models` has settled the champions for the
+  new snapshot `T` (the asset `champions`): scoring never races the training of its models.
 * **Freshness**: a snapshot more than `scoring.max_staleness_days` (default 2) after the last day
   it observed is refused, naming both dates: nothing is scored, published or exported.
 * **Params**: `date` (the snapshot, for a run without a partition key), `audiences`, `dry_run`.
@@ -47,7 +48,7 @@ TASKS = steps.configured_tasks()
 
 @dag(
     dag_id="score_and_build_audiences",
-    schedule=partitions.on_all([asset(zones.FEATURES)]),
+    schedule=partitions.on_all([asset("champions")]),
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

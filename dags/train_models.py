@@ -14,7 +14,9 @@ Retraining on the same data digest and parameters registers nothing and says "un
 * **Params**: `date` (`T`, for a run without a partition key), `tasks` (the configured ones),
   `tuning_trials`, `promote`.
 * **XCom**: each mapped `train` pushes `mlflow` (run, model version, promoted): the MLflow links.
-* **Assets**: `models.<task>` (through the alias `models`) when a version became champion.
+* **Assets**: `models.<task>` (through the alias `models`) when a version became champion;
+  in a run started by a new snapshot, `champions_ready` then updates `champions` for `T`:
+  `score_and_build_audiences` waits for it, so a snapshot is never scored while its models train.
 
 Logic: `propensity.pipeline.train` via `propensity.airflow.steps`; this file is wiring.
 """
@@ -24,7 +26,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import TriggerRule, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from propensity import zones
 from propensity.airflow import fail_fast, partitions, steps
@@ -75,10 +78,19 @@ def train_models():
         ti.xcom_push(key=MLFLOW_XCOM_KEY, value=record.mlflow)
         if record.promoted:
             outlet_events[alias("models")].add(asset("models", name), extra=steps.models_extra(record))
-        log.info("%s: %s", name, record.report.get("verdict") or record.decision.get("reasons"))
+        log.info("%s: %s", name, record.report.get("outcome"))
         return record.to_dict()
 
-    train.expand(name=select_tasks())
+    @task(outlets=[asset("champions")], trigger_rule=TriggerRule.NONE_FAILED)
+    @fail_fast
+    def champions_ready(trained, params=None, dag_run=None, triggering_asset_events=None, outlet_events=None) -> dict:
+        run = steps.Run.of(dag_run.partition_key, params)
+        if not steps.features_triggered(triggering_asset_events, dag_run.partition_key):
+            raise AirflowSkipException("not started by a new snapshot: its scores are not redone")
+        outlet_events[asset("champions")].extra = extra = steps.champions_extra(run, trained)
+        return extra
+
+    champions_ready(train.expand(name=select_tasks()))
 
 
 train_models()

@@ -215,9 +215,6 @@ def test_dags_import_with_partitioned_schedules(airflow_env: AirflowEnv) -> None
     assert collect_dag["tasks"]["collect"]["retries"] == 3
     assert collect_dag["tasks"]["collect"]["retry_exponential_backoff"] == 2.0
 
-    def on_all(dag_id: str) -> dict:
-        return {"type": "AssetAll", "uris": dags[dag_id]["assets"]["uris"]}
-
     assert dags["shop_validate"]["timetable"] == "PartitionedAssetTimetable"
     assert dags["shop_validate"]["assets"] == {"type": "AssetAll", "uris": [asset_uri(zones.RAW, t) for t in TABLES]}
     assert dags["build_features"]["assets"] == {"type": "AssetAll", "uris": [asset_uri(zones.CLEAN, t) for t in TABLES]}
@@ -228,7 +225,10 @@ def test_dags_import_with_partitioned_schedules(airflow_env: AirflowEnv) -> None
         *(asset_uri(zones.LABELS, t) for t in DEFAULT_TASKS),
     ]
     assert merge["execution_timeout"] == 4 * 3600
-    assert on_all("score_and_build_audiences")["uris"] == [asset_uri(zones.FEATURES)]
+    # scoring waits for train_models to settle the champions of the snapshot (never races training)
+    assert dags["score_and_build_audiences"]["assets"] == {"type": "AssetAll", "uris": [asset_uri("champions")]}
+    assert dags["train_models"]["tasks"]["champions_ready"]["outlets"] == [asset_uri("champions")]
+    assert dags["train_models"]["tasks"]["champions_ready"]["trigger_rule"] == "none_failed"
     assert dags["train_models"]["assets"] == {
         "type": "AssetAny",
         "uris": [asset_uri(zones.FEATURES), asset_uri(zones.DRIFT)],

@@ -125,6 +125,10 @@ def cmd_features(s: Settings, a: argparse.Namespace) -> int:
     return 0
 
 
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def print_train(s: Settings, records: list[pipeline.TrainRecord], report_path: str | None) -> None:
     """One line per task; the JSON report to ``report_path`` (or stdout)."""
     import json
@@ -135,16 +139,10 @@ def print_train(s: Settings, records: list[pipeline.TrainRecord], report_path: s
         r = record.report
         oracle = f"{r['oracle_auc']:.4f}" if r.get("oracle_auc") is not None else "n/a"
         base = ", ".join(f"{k} {v:.4f}" for k, v in r["baseline_auc"].items() if v is not None)
-        verdict = (
-            "unchanged (same data and parameters)"
-            if r.get("unchanged")
-            else "PROMOTED to champion"
-            if record.promoted
-            else "kept as challenger"
-        )
+        verdict = r.get("outcome") or ("PROMOTED to champion" if record.promoted else "kept as challenger")
         print(
-            f"{record.task:<11} test AUC {r['test_auc']:.4f}  PR AUC {r['test_pr_auc']:.4f}  ECE {r['ece']:.4f}  "
-            f"oracle {oracle}  baselines: {base}  n_train {r['n_train']:,}  v{r['model_version']} {verdict}"
+            f"{record.task:<11} test AUC {_num(r['test_auc'])}  PR AUC {_num(r['test_pr_auc'])}  ECE {_num(r['ece'])}  "
+            f"oracle {oracle}  baselines: {base}  n_train {r['n_train'] or 0:,}  v{r['model_version']} {verdict}"
         )
     report = {
         "tasks": {r.task: r.report for r in records},

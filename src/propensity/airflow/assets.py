@@ -45,6 +45,8 @@ KINDS: dict[str, AssetKind] = {
     zones.LABELS: AssetKind(zones.LABELS, "", "task"),
     zones.SCORES: AssetKind(zones.SCORES, "", "task"),
     "models": AssetKind("models", "", "task"),
+    # the champions to score a snapshot with are settled (train_models ran for it): scoring waits for it
+    "champions": AssetKind("models", "champions", None),
     zones.AUDIENCES: AssetKind(zones.AUDIENCES, "", None),
     zones.DRIFT: AssetKind("monitoring", "drift", None),
 }

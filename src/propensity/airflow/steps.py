@@ -289,6 +289,16 @@ def train(run: Run, name: str) -> pipeline.TrainRecord:
     return record
 
 
+def champions_extra(run: Run, trained: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """``extra`` of ``champions``: the snapshot, what this run trained and promoted."""
+    records = list(trained or [])
+    return {
+        "snapshot": run.day.isoformat(),
+        "trained": [r["task"] for r in records],
+        "promoted": [r["task"] for r in records if r["mlflow"].get("promoted")],
+    }
+
+
 def models_extra(record: pipeline.TrainRecord) -> dict[str, Any]:
     ml = record.mlflow
     keys = ("model_name", "model_version", "run_id")
