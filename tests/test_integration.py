@@ -1,4 +1,5 @@
-"""The whole chain on real services, driven only through Airflow's REST API.
+"""The user's scenario of issue #12 on real services: the command line first, then Airflow's
+partitioned chain, driven only through Airflow's REST API.
 
 One test starts what a deployment runs, on 127.0.0.1 and without Docker:
 
@@ -7,30 +8,39 @@ One test starts what a deployment runs, on 127.0.0.1 and without Docker:
 * an S3 endpoint (the session's moto :class:`~propensity.services.S3Server`) with buckets for the
   lake, the clickstream landing area, the CSV drops, the audience exports and MLflow's artifacts;
 * the local stack of :mod:`propensity.stack` (``make up``): Airflow api-server, scheduler
-  (LocalExecutor) and dag-processor on the PostgreSQL metadata DB with the repository's
-  ``dags/`` and ``plugins/``, and ``mlflow server`` on PostgreSQL with artifacts on S3;
-  every ``PROPENSITY_*`` variable of the Airflow processes points at those services.
+  (LocalExecutor), dag-processor and triggerer on the PostgreSQL metadata DB with the
+  repository's ``dags/`` and ``plugins/``, and ``mlflow server`` on PostgreSQL with artifacts
+  on S3; every ``PROPENSITY_*`` variable of the Airflow processes points at those services.
 
-It simulates a small clean shop into the sources (shop DB in PostgreSQL, clickstream and FX
-drops in S3) from this process, then drives the chain like an operator, over ``/api/v2`` with a
-JWT from ``/auth/token``: ``shop_collect`` (its ``start``/``end`` params: every simulated day)
--> ``shop_validate`` and ``build_features`` (started by their Assets) -> ``train_models`` (all
-tasks, promote) -> ``score_and_build_audiences`` for the day after the last simulated day. The
-scoring DAG stays paused until champions exist (a paused DAG gets no asset-triggered runs), so
-its only run is the one asserted on. Runs of scheduled DAGs are triggered for the DAG's due
-schedule slot (``logical_date`` = ``next_dagrun_logical_date``): on unpausing, the scheduler
-then finds the slot taken instead of starting a second run of its own.
+The scenario, as the user ran it:
 
-It asserts on what the chain left in the services (lake zones in S3, champions in the
-registry, export manifests, CRM rows) and on the MLflow extra link of a finished training task:
-fetched through the REST API, it must point at the running MLflow server and name the run the
-task logged, which that server must know.
+1. a small clean shop is simulated into the sources (shop DB in PostgreSQL, clickstream and FX
+   drops in S3): ``DAYS`` days from ``START``, the last one ``D``;
+2. the command-line front door, in this process (:mod:`propensity.pipeline`, what ``propensity
+   collect|validate|train`` call): collect and validate every day *before* ``D``, train so that
+   champions exist. Training builds its snapshots in memory, so the lake has no features,
+   scores or audiences yet;
+3. every DAG is unpaused through the API (what a user does in the UI). ``shop_collect``'s
+   partition timetable then catches up on the real calendar's yesterday, a day the simulated
+   shop never saw: its ``shop_validate`` run must fail (an empty day) and stop there;
+4. ``shop_collect`` is triggered for the partition ``D`` and the scheduler runs the chain on
+   its asset events, one run per partition key: ``shop_validate`` (``D``) -> ``build_features``
+   (``D``, publishing the snapshot ``T = D + 1``) -> ``train_models`` (``T``; nothing to train:
+   champions exist and ``T`` is a Friday) and ``score_and_build_audiences`` (``T``) ->
+   ``monitor_drift`` (``T``) -> on a drift breach, ``train_models`` again for ``T`` (the breached
+   tasks).
 
-A task failing its first try fails the test at once (its retries back off for minutes), with
-the task's log from the Airflow logs folder in the message. The wall time is printed, recorded
-as the ``wall_seconds`` property (JUnit XML) and written with the stage and task timings to
-``<PROPENSITY_HOME>/integration_timings.json``. On 2 cores it takes about 4.5 minutes, 40% of it
-in ``shop_validate``, whose nine table tasks run one at a time (each importing great-expectations).
+It then asserts that snapshots, scores, audiences, exports and CRM rows exist for ``T`` and for
+no other date (in particular none for the catch-up day and none past the freshness limit), that
+no downstream run exists for any other key, that scoring used the champions the command line
+trained (the ``mlflow`` XCom and the MLflow extra links of the mapped ``score`` tasks, fetched
+through the REST API, must open that run on the running MLflow server), and that Airflow's
+health endpoint reports the triggerer healthy.
+
+A task of the chain failing its first try fails the test at once (its retries back off for
+minutes), with the task's log from the Airflow logs folder in the message. The wall time is
+printed, recorded as the ``wall_seconds`` property (JUnit XML) and written with the stage and
+task timings to ``<PROPENSITY_HOME>/integration_timings.json``.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +62,7 @@ import pytest
 from propensity.config import DirtConfig, Settings
 from propensity.contracts import TABLES
 from propensity.services import LOOPBACK, PostgresServer, S3Server, free_port
-from propensity.stack import REPO_ROOT, StackConfig, http_json, start, stop
+from propensity.stack import AIRFLOW_HEALTH_PARTS, REPO_ROOT, StackConfig, http_json, start, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -60,10 +70,20 @@ START = date(2025, 1, 1)
 DAYS = 100
 CUSTOMERS = 2500
 SEED = 12
-LAST_DAY = START + timedelta(days=DAYS - 1)
-SCORE_DAY = LAST_DAY + timedelta(days=1)  # features from every simulated day
+LAST_DAY = START + timedelta(days=DAYS - 1)  # D = 2025-04-10: the day the DAG run collects
+SNAPSHOT = LAST_DAY + timedelta(days=1)  # T = 2025-04-11 (a Friday): the snapshot that sees D
+DAY_KEY, SNAPSHOT_KEY = LAST_DAY.isoformat(), SNAPSHOT.isoformat()
+MAX_STALENESS_DAYS = 2  # scoring.max_staleness_days (default): no export may lie further past the data
 TASKS = ["conversion", "repurchase", "churn"]
-DAG_IDS = {"shop_collect", "shop_validate", "build_features", "train_models", "score_and_build_audiences"}
+DAG_IDS = {
+    "shop_collect",
+    "shop_validate",
+    "build_features",
+    "train_models",
+    "score_and_build_audiences",
+    "monitor_drift",
+}
+DAY_KEYED = ("shop_collect", "shop_validate", "build_features")  # their partition is the day D
 HEAVY_POOL = "propensity_heavy"  # train and score tasks run in it; Airflow never schedules into a missing pool
 PREFIX = "integration"
 BUCKETS = {name: f"{PREFIX}-{name}" for name in ("lake", "landing", "drops", "exports", "mlflow")}
@@ -71,6 +91,7 @@ LAKE_PREFIX = "propensity"
 EXPORT_PREFIX = "audiences"
 SALT = "integration-test-salt"
 FAILED_TI_STATES = {"failed", "upstream_failed", "up_for_retry", "removed"}
+FINISHED_RUN_STATES = {"success", "failed"}
 
 # Small models on a short history (every day costs ~1 s of collection and validation on the S3
 # server): 3-week horizons for repurchase and churn and a customer holdout leave all three tasks
@@ -88,8 +109,17 @@ SMALL_SETTINGS = {
     "PROPENSITY_TASKS__CHURN__HORIZON_DAYS": "21",
 }
 
-# per-stage bounds (seconds): about three times what each stage takes on 2 cores (the test: ~5 min)
-STAGE_TIMEOUT = {"dags": 120, "collect": 180, "validate": 360, "features": 180, "train": 300, "score": 240}
+# per-stage bounds (seconds): about three times what each stage takes on 2 cores shared with other work
+STAGE_TIMEOUT = {
+    "dags": 120,
+    "collect": 180,
+    "validate": 360,
+    "features": 360,
+    "score": 600,
+    "train": 480,
+    "monitor": 240,
+    "catch_up": 300,
+}
 
 
 # --------------------------------------------------------------------------- REST client
@@ -128,11 +158,26 @@ class AirflowApi:
         answer = self.call("PATCH", f"/dags/{dag_id}", {"is_paused": paused})
         assert answer["is_paused"] is paused, answer
 
-    def trigger(self, dag_id: str, conf: dict[str, Any], logical_date: str | None = None) -> dict[str, Any]:
-        return self.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": logical_date, "conf": conf})
+    def trigger(self, dag_id: str, partition_key: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A manual run of the partition ``partition_key`` (``logical_date`` is a required field; a
+        partitioned run has none)."""
+        body = {"logical_date": None, "partition_key": partition_key, "conf": conf or {}}
+        return self.call("POST", f"/dags/{dag_id}/dagRuns", body)
 
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         return list(self.call("GET", f"/dags/{dag_id}/dagRuns", limit=100, order_by="id")["dag_runs"])
+
+    def runs_by_key(self, dag_id: str) -> dict[str | None, list[dict[str, Any]]]:
+        """Every run of ``dag_id`` grouped by its ``partition_key`` (a field of Airflow's DAGRunResponse)."""
+        found: dict[str | None, list[dict[str, Any]]] = {}
+        for run in self.runs(dag_id):
+            assert "partition_key" in run, f"the REST API's DAG runs have no partition_key: {sorted(run)}"
+            found.setdefault(run["partition_key"], []).append(run)
+        return found
+
+    def health(self) -> dict[str, Any]:
+        """``/api/v2/monitor/health``: ``{part: {"status": "healthy"|"unhealthy"|None, ...}}``."""
+        return dict(self.call("GET", "/monitor/health"))
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.call("GET", f"/dags/{dag_id}/dagRuns/{_q(run_id)}")
@@ -312,6 +357,15 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, diagnose: Call
         time.sleep(every)
 
 
+def runs_summary(api: AirflowApi) -> str:
+    """One line per DAG: its runs as ``key=state (run_type)``, for failure messages."""
+    lines = []
+    for dag_id in sorted(DAG_IDS):
+        runs = api.runs(dag_id)
+        lines.append(f"{dag_id}: " + ", ".join(f"{r['partition_key']}={r['state']} ({r['run_type']})" for r in runs))
+    return "\n".join(lines)
+
+
 def wait_run(it: Integration, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
     """Wait until the run succeeds; fail at once (with the task logs) when it fails or a task fails a try."""
     api = it.api
@@ -327,7 +381,7 @@ def wait_run(it: Integration, dag_id: str, run_id: str, timeout: float) -> dict[
         bad = {(t["task_id"], t["map_index"]) for t in tis if t["state"] in FAILED_TI_STATES}
         if run["state"] == "failed" or bad:
             pytest.fail(
-                f"{dag_id} run {run_id} is {run['state']}; tasks: {states()}\n"
+                f"{dag_id} run {run_id} (partition {run.get('partition_key')}) is {run['state']}; tasks: {states()}\n"
                 f"{it.task_logs(dag_id, run_id, bad or None)}"
             )
         if run["state"] != "success":
@@ -345,23 +399,57 @@ def wait_run(it: Integration, dag_id: str, run_id: str, timeout: float) -> dict[
         f"{dag_id} run {run_id} to succeed",
         check,
         timeout,
-        lambda: f"tasks: {states()}\n{it.task_logs(dag_id, run_id)}\n{it.daemon_logs()}",
+        lambda: f"tasks: {states()}\n{it.task_logs(dag_id, run_id)}\n{runs_summary(api)}\n{it.daemon_logs()}",
     )
 
 
-def wait_asset_run(it: Integration, dag_id: str, timeout: float) -> dict[str, Any]:
-    """Wait for the asset-triggered run of ``dag_id`` (exactly one), then for its success."""
+def wait_created(it: Integration, dag_id: str, key: str, timeout: float) -> dict[str, Any]:
+    """Wait until the scheduler has created the run of ``dag_id`` for the partition ``key`` (exactly one)."""
+    api = it.api
+    assert api is not None
+
+    def created() -> dict[str, Any] | None:
+        runs = api.runs_by_key(dag_id).get(key, [])
+        assert len(runs) <= 1, f"{dag_id}: {len(runs)} runs for partition {key}: {runs}"
+        return runs[0] if runs else None
+
+    return wait_for(
+        f"a run of {dag_id} for partition {key}",
+        created,
+        timeout,
+        lambda: f"{runs_summary(api)}\n{it.daemon_logs()}",
+    )
+
+
+def wait_asset_run(it: Integration, dag_id: str, key: str, timeout: float) -> dict[str, Any]:
+    """Wait for the asset-triggered run of ``dag_id`` for the partition ``key`` (exactly one), then
+    for its success (failing at once, with the logs, when one of its tasks fails a try)."""
+    t0 = time.monotonic()
+    run = wait_created(it, dag_id, key, timeout)
+    assert run["run_type"] == "asset_triggered", run
+    return wait_run(it, dag_id, run["dag_run_id"], timeout - (time.monotonic() - t0))
+
+
+def wait_finished(it: Integration, dag_id: str, key: str, timeout: float) -> dict[str, Any]:
+    """Wait until the run of ``dag_id`` for ``key`` has finished, whatever its outcome (for the
+    runs expected to fail: the caller asserts on the state)."""
     api = it.api
     assert api is not None
     t0 = time.monotonic()
-    runs = wait_for(
-        f"an asset-triggered run of {dag_id}",
-        lambda: api.runs(dag_id),
-        timeout,
-        it.daemon_logs,
+    run_id = wait_created(it, dag_id, key, timeout)["dag_run_id"]
+    return wait_for(
+        f"{dag_id} run {run_id} to finish",
+        lambda: (run := api.run(dag_id, run_id))["state"] in FINISHED_RUN_STATES and run,
+        timeout - (time.monotonic() - t0),
+        lambda: f"{runs_summary(api)}\n{it.task_logs(dag_id, run_id)}\n{it.daemon_logs()}",
     )
-    assert len(runs) == 1 and runs[0]["run_type"] == "asset_triggered", runs
-    return wait_run(it, dag_id, runs[0]["dag_run_id"], timeout - (time.monotonic() - t0))
+
+
+def yesterdays(since: datetime) -> set[str]:
+    """The partition keys a daily partition timetable may catch up on between ``since`` and now:
+    yesterday in UTC (and the next day too, should the test straddle midnight)."""
+    first, last = since.date() - timedelta(days=1), datetime.now(UTC).date() - timedelta(days=1)
+    return {(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)}
 
 
 # --------------------------------------------------------------------------- the test
@@ -372,8 +460,8 @@ def _stage(it: Integration, name: str, t0: float) -> float:
     return time.monotonic()
 
 
-@pytest.mark.timeout(1200)
-def test_chain_on_real_services_through_the_rest_api(
+@pytest.mark.timeout(2400)
+def test_command_line_then_partitioned_chain_through_the_rest_api(
     integration: Integration, record_property: pytest.RecordProperty, capsys: pytest.CaptureFixture[str]
 ) -> None:
     it = integration
@@ -392,189 +480,400 @@ def test_chain_on_real_services_through_the_rest_api(
             print(f"task durations: {it.task_seconds}")
 
 
+@dataclass
+class FrontDoor:
+    """What the command line left: the champion version each task's training registered."""
+
+    champions: dict[str, Any]  # task -> MLflow ModelVersion with the alias champion
+    versions: dict[str, int]  # task -> registered versions of propensity-<task>
+
+
+@dataclass
+class Drift:
+    """What ``monitor_drift`` decided for ``T``, and the ``train_models`` run a breach started."""
+
+    breached: list[str]
+    retrain_run_id: str | None
+
+
 def _drive_and_check(it: Integration) -> None:
+    """The scenario of the module docstring, step by step, then every check on what it left."""
     settings = it.settings()
     assert settings.tracking_uri == it.mlflow_url and settings.lake_uri.startswith("s3://")
     assert set(settings.tasks) == set(TASKS) and settings.tasks["churn"].horizon_days == 21
+    assert settings.scoring.max_staleness_days == MAX_STALENESS_DAYS
+    assert SNAPSHOT.weekday() != settings.models.retrain_weekday, "T must not be a retraining day"
 
-    # the shop's sources: OLTP tables in PostgreSQL, clickstream and FX drops in S3
+    # 1. the shop's sources: OLTP tables in PostgreSQL, clickstream and FX drops in S3
     from propensity.simulate import simulate
 
     t = time.monotonic()
     simulate(settings, customers=CUSTOMERS, days=DAYS, start=START, seed=SEED, dirt_cfg=DirtConfig(rate=0))
     t = _stage(it, "simulate", t)
 
+    # 2. the command line: history up to the day before D, then champions
+    front = _front_door(it, settings, t)
+    t = time.monotonic()
+
+    # 3. the DAGs, parsed and healthy; unpaused all at once (the scheduler catches up on yesterday)
     api = it.api = AirflowApi(it.cfg.airflow_url, it.cfg.username, it.cfg.password)
-
-    def parsed() -> dict[str, dict[str, Any]] | None:
-        found = api.dags()
-        scheduled = ("shop_collect", "train_models")
-        ready = set(found) >= DAG_IDS and all(found[d]["next_dagrun_logical_date"] for d in scheduled)
-        return found if ready else None
-
     dags = wait_for(
-        "the DAGs to be parsed, with their next schedule slots",
-        parsed,
+        "the DAGs to be parsed",
+        lambda: (found := api.dags()).keys() >= DAG_IDS and found,
         STAGE_TIMEOUT["dags"],
         lambda: f"{api.call('GET', '/importErrors')}\n{it.daemon_logs()}",
     )
-    assert api.call("GET", "/importErrors")["total_entries"] == 0
+    assert api.call("GET", "/importErrors")["total_entries"] == 0, api.call("GET", "/importErrors")
     assert all(dags[d]["is_paused"] for d in DAG_IDS), "DAGs must start paused"
     # the stack created the pool the heavy tasks queue in (without it they are never scheduled)
     assert api.call("GET", f"/pools/{HEAVY_POOL}")["slots"] >= 1
+    _check_health(api)
     t = _stage(it, "dags_ready", t)
 
-    # collect every simulated day; validate and features follow on their Assets
-    for dag_id in ("shop_validate", "build_features"):
+    unpaused_at = datetime.now(UTC)
+    for dag_id in sorted(DAG_IDS):
         api.set_paused(dag_id, False)
-    collect_run = api.trigger(
-        "shop_collect",
-        {"start": START.isoformat(), "end": LAST_DAY.isoformat()},
-        logical_date=dags["shop_collect"]["next_dagrun_logical_date"],  # the due slot: no extra scheduled run
-    )
-    api.set_paused("shop_collect", False)
+
+    # 4. the day D through the API; the scheduler runs the chain on the partitioned asset events
+    collect_run = api.trigger("shop_collect", DAY_KEY)
+    assert collect_run["partition_key"] == DAY_KEY and collect_run["run_type"] == "manual", collect_run
     wait_run(it, "shop_collect", collect_run["dag_run_id"], STAGE_TIMEOUT["collect"])
-    api.set_paused("shop_collect", True)  # no scheduled run of the next slot should midnight pass meanwhile
     t = _stage(it, "collect", t)
-    wait_asset_run(it, "shop_validate", STAGE_TIMEOUT["validate"])
+    validate_run = wait_asset_run(it, "shop_validate", DAY_KEY, STAGE_TIMEOUT["validate"])
     t = _stage(it, "validate", t)
-    wait_asset_run(it, "build_features", STAGE_TIMEOUT["features"])
+    wait_asset_run(it, "build_features", DAY_KEY, STAGE_TIMEOUT["features"])
     t = _stage(it, "features", t)
-
-    # train, register and promote all three tasks
-    train_run = api.trigger(
-        "train_models",
-        {"tasks": TASKS, "promote": True},
-        logical_date=dags["train_models"]["next_dagrun_logical_date"],
-    )
-    api.set_paused("train_models", False)
-    wait_run(it, "train_models", train_run["dag_run_id"], STAGE_TIMEOUT["train"])
-    api.set_paused("train_models", True)
+    train_run = wait_asset_run(it, "train_models", SNAPSHOT_KEY, STAGE_TIMEOUT["train"])
     t = _stage(it, "train", t)
-
-    # score and build the audiences for the day after the last simulated day
-    assert api.runs("score_and_build_audiences") == [], "a paused DAG gets no asset-triggered runs"
-    score_run = api.trigger("score_and_build_audiences", {"date": SCORE_DAY.isoformat()})
-    api.set_paused("score_and_build_audiences", False)
-    wait_run(it, "score_and_build_audiences", score_run["dag_run_id"], STAGE_TIMEOUT["score"])
+    score_run = wait_asset_run(it, "score_and_build_audiences", SNAPSHOT_KEY, STAGE_TIMEOUT["score"])
     t = _stage(it, "score", t)
+    monitor_run = wait_asset_run(it, "monitor_drift", SNAPSHOT_KEY, STAGE_TIMEOUT["monitor"])
+    t = _stage(it, "monitor", t)
+    drift = _check_training_and_drift(it, train_run["dag_run_id"], monitor_run["dag_run_id"])
+    t = _stage(it, "retrain", t)
 
-    # exactly the runs driven above, nothing scheduled behind our back
-    for dag_id in ("shop_collect", "shop_validate", "build_features", "train_models", "score_and_build_audiences"):
-        assert len(api.runs(dag_id)) == 1, (dag_id, api.runs(dag_id))
+    # the calendar's catch-up run: collected an empty day, which validation refuses
+    catch_up = _check_catch_up(it, unpaused_at)
+    t = _stage(it, "catch_up", t)
 
-    _check_lake(it)
-    _check_registry_and_links(it, train_run["dag_run_id"])
-    _check_exports(it, settings)
+    _check_runs(api, catch_up, drift)
+    _check_lake(it, catch_up)
+    _check_registry_and_links(it, front, drift, score_run["dag_run_id"])
+    _check_data_docs(api, validate_run["dag_run_id"])
+    _check_exports(it, settings, catch_up)
+    _check_health(api)
     _stage(it, "checks", t)
+
+
+def _front_door(it: Integration, settings: Settings, t: float) -> FrontDoor:
+    """``propensity collect``/``validate``/``train`` as the command line runs them (in process):
+    every day before ``D``, then a champion per task; nothing of the snapshot chain is published."""
+    from mlflow import MlflowClient
+
+    from propensity import pipeline
+
+    history = pipeline.day_range(START, LAST_DAY - timedelta(days=1))
+    collected = pipeline.collect(settings, history)
+    assert collected.days == [d.isoformat() for d in history] and set(collected.tables) == set(TABLES)
+    assert collected.rows["orders"] > 0 and collected.rows["events"] > 0, collected.rows
+    t = _stage(it, "cli_collect", t)
+    validated = pipeline.validate(settings, history)
+    assert validated.passed, validated.critical[:10]
+    assert all(len(days) == len(history) for days in validated.published.values()), validated.published
+    t = _stage(it, "cli_validate", t)
+    trained = pipeline.train(settings)
+    assert [r.task for r in trained] == TASKS, [r.task for r in trained]
+    assert all(r.promoted for r in trained), {r.task: r.report.get("verdict") for r in trained}
+    _stage(it, "cli_train", t)
+
+    lake = it.keys("lake", f"{LAKE_PREFIX}/")
+    published = sorted({k.split("/")[1] for k in lake})
+    assert {"raw", "clean"} <= set(published), published
+    derived = ("features", "profiles", "labels", "scores", "audiences", "drift")
+    assert not [z for z in published if z in derived], f"training published derived zones: {published}"
+    assert it.keys("exports") == [], "training exported audiences"
+
+    # registry_uri too: otherwise a registry URI another test set process-wide (mlflow.set_registry_uri) wins
+    client = MlflowClient(tracking_uri=it.mlflow_url, registry_uri=it.mlflow_url)
+    champions = {task: client.get_model_version_by_alias(f"propensity-{task}", "champion") for task in TASKS}
+    for record in trained:
+        assert record.mlflow["model_version"] == champions[record.task].version, (record.mlflow, champions)
+        assert record.mlflow["run_id"] == champions[record.task].run_id, (record.mlflow, champions)
+    versions = {task: len(client.search_model_versions(f"name='propensity-{task}'")) for task in TASKS}
+    return FrontDoor(champions, versions)
 
 
 # --------------------------------------------------------------------------- assertions
 
 
-def _dates(keys: list[str], zone_prefix: str) -> dict[str, set[str]]:
-    """``{table: {dt, ...}}`` of the committed partitions (with a manifest) under ``zone_prefix``."""
+def _check_health(api: AirflowApi) -> None:
+    """Every part the UI's health badge shows is healthy; the triggerer is heartbeating (``make up`` runs it)."""
+    health = api.health()
+    assert all((health.get(part) or {}).get("status") == "healthy" for part in AIRFLOW_HEALTH_PARTS), health
+    # no triggerer job at all reads as status None (not "unhealthy"), which the UI still shows red
+    assert health["triggerer"]["status"] == "healthy" and health["triggerer"]["latest_triggerer_heartbeat"], health
+
+
+def _check_training_and_drift(it: Integration, train_run_id: str, monitor_run_id: str) -> Drift:
+    """``train_models`` for ``T`` selected nothing (champions exist, ``T`` is no retraining day), and
+    ``monitor_drift`` decided. A breach emits ``drift`` under ``T``, which starts a second
+    ``train_models`` run for ``T`` retraining exactly the breached tasks: it is awaited like the
+    chain's runs (on this young shop the 30/90-day windows fill up between the champions' test
+    snapshot and ``T``, so repurchase and churn do breach)."""
+    api = it.api
+    assert api is not None
+    selected = api.xcom("train_models", train_run_id, "select_tasks", "return_value")
+    assert selected == [], f"train_models trained {selected} on snapshot {SNAPSHOT_KEY}"
+    trains = [ti for ti in api.task_instances("train_models", train_run_id) if ti["task_id"] == "train"]
+    assert trains and all(ti["state"] == "skipped" for ti in trains), trains
+
+    report = api.xcom("monitor_drift", monitor_run_id, "compute_drift", "return_value")
+    assert report["snapshot"] == SNAPSHOT_KEY and set(report["report"]["tasks"]) == set(TASKS), report["lines"]
+    breached = list(report["breached_tasks"])
+    assert bool(breached) is report["breach"] and set(breached) <= set(TASKS), report["lines"]
+    [signal] = [ti for ti in api.task_instances("monitor_drift", monitor_run_id) if ti["task_id"] == "signal_drift"]
+    assert signal["state"] == ("success" if breached else "skipped"), (signal, report["lines"])
+    if not breached:
+        return Drift([], None)
+
+    def retrain_run() -> dict[str, Any] | None:
+        runs = api.runs_by_key("train_models").get(SNAPSHOT_KEY, [])
+        assert len(runs) <= 2, runs
+        return runs[-1] if len(runs) == 2 else None
+
+    run = wait_for(
+        f"the train_models run for {SNAPSHOT_KEY} that the drift of {breached} triggers",
+        retrain_run,
+        STAGE_TIMEOUT["dags"],
+        lambda: runs_summary(api),
+    )
+    assert run["run_type"] == "asset_triggered", run
+    wait_run(it, "train_models", run["dag_run_id"], STAGE_TIMEOUT["train"])
+    selected = api.xcom("train_models", run["dag_run_id"], "select_tasks", "return_value")
+    assert selected == [t for t in TASKS if t in breached], (selected, breached)
+    return Drift(breached, run["dag_run_id"])
+
+
+def _check_catch_up(it: Integration, unpaused_at: datetime) -> set[str]:
+    """The run ``shop_collect``'s timetable created on unpausing (yesterday's partition) collected an
+    empty day; its ``shop_validate`` run failed at once on it (a verdict, no retry) and emitted
+    nothing, so nothing downstream ran for it. Returns the catch-up keys."""
+    api = it.api
+    assert api is not None
+    allowed = yesterdays(unpaused_at)
+    keys = set(api.runs_by_key("shop_collect")) - {DAY_KEY}
+    assert keys and keys <= allowed, f"shop_collect caught up on {sorted(keys)}, expected one of {sorted(allowed)}"
+    for key in sorted(keys):
+        [collect] = api.runs_by_key("shop_collect")[key]
+        assert collect["run_type"] == "scheduled", collect
+        collect = wait_finished(it, "shop_collect", key, STAGE_TIMEOUT["catch_up"])
+        assert collect["state"] == "success", (collect, it.task_logs("shop_collect", collect["dag_run_id"]))
+        validate = wait_finished(it, "shop_validate", key, STAGE_TIMEOUT["catch_up"])
+        run_id = validate["dag_run_id"]
+        assert validate["state"] == "failed" and validate["run_type"] == "asset_triggered", validate
+        [ti] = [t for t in api.task_instances("shop_validate", run_id) if t["task_id"] == "validate"]
+        log = it.task_logs("shop_validate", run_id, {("validate", -1)}, lines=200)
+        assert ti["state"] == "failed" and ti["try_number"] == 1, (ti, log)  # final: not retried
+        assert "ValidationFailed" in log and f"dt={key}" in log, log
+    return keys
+
+
+def _check_runs(api: AirflowApi, catch_up: set[str], drift: Drift) -> None:
+    """Exactly the runs of the scenario, each for its own partition key, and nothing behind our back."""
+    expected = {
+        "shop_collect": {DAY_KEY: 1, **dict.fromkeys(catch_up, 1)},
+        "shop_validate": {DAY_KEY: 1, **dict.fromkeys(catch_up, 1)},
+        "build_features": {DAY_KEY: 1},
+        "score_and_build_audiences": {SNAPSHOT_KEY: 1},
+        "train_models": {SNAPSHOT_KEY: 2 if drift.breached else 1},
+        "monitor_drift": {SNAPSHOT_KEY: 1},
+    }
+    for dag_id, counts in expected.items():
+        runs = api.runs_by_key(dag_id)
+        got = {key: len(found) for key, found in runs.items()}
+        assert got == counts, f"{dag_id}: runs per partition {got}, expected {counts}\n{runs_summary(api)}"
+        for key, found in runs.items():
+            want = "success" if key in (DAY_KEY, SNAPSHOT_KEY) or dag_id == "shop_collect" else "failed"
+            assert all(r["state"] == want for r in found), (dag_id, key, found)
+
+
+def _partition_dates(keys: list[str], prefix: str, field_name: str) -> dict[str, set[str]]:
+    """``{group: {value, ...}}`` of the ``<field_name>=<value>`` path segments under ``prefix``; the
+    group is the path between ``prefix`` and that segment (a table, ``task=churn``, or ``""``).
+    Every key counts, committed or not: a half-written partition is a partition too."""
     found: dict[str, set[str]] = {}
     for key in keys:
-        if not key.endswith("/_manifest.json"):
+        if not key.startswith(prefix):
             continue
-        table, dt = key[len(zone_prefix) :].split("/")[:2]
-        found.setdefault(table, set()).add(dt.removeprefix("dt="))
+        parts = key[len(prefix) :].split("/")
+        index = next((i for i, p in enumerate(parts) if p.startswith(f"{field_name}=")), None)
+        if index is not None:
+            found.setdefault("/".join(parts[:index]), set()).add(parts[index].removeprefix(f"{field_name}="))
     return found
 
 
-def _check_lake(it: Integration) -> None:
+def _committed(keys: list[str]) -> list[str]:
+    return [k for k in keys if k.endswith("/_manifest.json")]
+
+
+def _check_lake(it: Integration, catch_up: set[str]) -> None:
     every_day = {(START + timedelta(days=i)).isoformat() for i in range(DAYS)}
     lake = it.keys("lake", f"{LAKE_PREFIX}/")
     for zone in ("raw", "clean"):
-        dates = _dates([k for k in lake if k.startswith(f"{LAKE_PREFIX}/{zone}/")], f"{LAKE_PREFIX}/{zone}/")
-        assert set(dates) == set(TABLES), f"{zone}: tables {sorted(dates)}"
-        for table, got in dates.items():
-            assert got == every_day, f"{zone}/{table}: {len(got)} of {DAYS} days, missing {sorted(every_day - got)[:5]}"
-    day = SCORE_DAY.isoformat()
-    manifests = {k for k in lake if k.endswith("/_manifest.json")}
-    expected = {
-        f"features/snapshot={day}",
-        f"profiles/snapshot={day}",
-        *(f"labels/task={task}/snapshot={day}" for task in TASKS),
-        *(f"scores/task={task}/dt={day}" for task in TASKS),
+        prefix = f"{LAKE_PREFIX}/{zone}/"
+        committed = _partition_dates(_committed(lake), prefix, "dt")
+        assert set(committed) == set(TABLES), f"{zone}: tables {sorted(committed)}"
+        for table, got in committed.items():
+            assert got >= every_day, f"{zone}/{table}: missing {sorted(every_day - got)[:5]}"
+        stray = {t: sorted(d - every_day - catch_up) for t, d in _partition_dates(lake, prefix, "dt").items()}
+        assert not any(stray.values()), f"{zone}: partitions of days nobody collected: {stray}"
+    raw = _partition_dates(_committed(lake), f"{LAKE_PREFIX}/raw/", "dt")
+    assert all(catch_up <= days for days in raw.values()), "the catch-up day was not collected"
+
+    snapshots = {
+        "features": _partition_dates(lake, f"{LAKE_PREFIX}/features/", "snapshot"),
+        "profiles": _partition_dates(lake, f"{LAKE_PREFIX}/profiles/", "snapshot"),
+        "labels": _partition_dates(lake, f"{LAKE_PREFIX}/labels/", "snapshot"),
     }
-    missing = [p for p in sorted(expected) if f"{LAKE_PREFIX}/{p}/_manifest.json" not in manifests]
-    assert not missing, f"lake partitions missing: {missing}"
+    dated = {
+        "scores": _partition_dates(lake, f"{LAKE_PREFIX}/scores/", "dt"),
+        "audiences": _partition_dates(lake, f"{LAKE_PREFIX}/audiences/", "dt"),
+        "drift": _partition_dates(lake, f"{LAKE_PREFIX}/drift/", "dt"),
+    }
+    per_task = {f"task={task}": {SNAPSHOT_KEY} for task in TASKS}
+    assert snapshots["features"] == snapshots["profiles"] == {"": {SNAPSHOT_KEY}}, snapshots
+    assert snapshots["labels"] == per_task, snapshots["labels"]
+    assert dated["scores"] == per_task, dated["scores"]  # no scores/_shards/ left behind either
+    assert dated["drift"] == {"": {SNAPSHOT_KEY}}, dated["drift"]
+    audiences = dated["audiences"]
+    assert audiences and all(days == {SNAPSHOT_KEY} for days in audiences.values()), audiences
+    manifests = set(_committed(lake))
+    expected = [
+        f"features/snapshot={SNAPSHOT_KEY}",
+        f"profiles/snapshot={SNAPSHOT_KEY}",
+        *(f"labels/task={task}/snapshot={SNAPSHOT_KEY}" for task in TASKS),
+        *(f"scores/task={task}/dt={SNAPSHOT_KEY}" for task in TASKS),
+        *(f"audiences/{group}/dt={SNAPSHOT_KEY}" for group in audiences),
+    ]
+    missing = [p for p in expected if f"{LAKE_PREFIX}/{p}/_manifest.json" not in manifests]
+    assert not missing, f"lake partitions not committed: {missing}"
+    features = it.get_json("lake", f"{LAKE_PREFIX}/features/snapshot={SNAPSHOT_KEY}/_manifest.json")
+    assert features.get("observed_until") == DAY_KEY, features  # built by the run for D, on every day up to D
     for task in TASKS:
-        scores = it.get_json("lake", f"{LAKE_PREFIX}/scores/task={task}/dt={day}/_manifest.json")
-        labels = it.get_json("lake", f"{LAKE_PREFIX}/labels/task={task}/snapshot={day}/_manifest.json")
+        scores = it.get_json("lake", f"{LAKE_PREFIX}/scores/task={task}/dt={SNAPSHOT_KEY}/_manifest.json")
+        labels = it.get_json("lake", f"{LAKE_PREFIX}/labels/task={task}/snapshot={SNAPSHOT_KEY}/_manifest.json")
         assert scores["row_count"] == labels["row_count"] > 0, (task, scores, labels)
-    assert not [k for k in lake if k.startswith(f"{LAKE_PREFIX}/scores/_shards/")], "score shards left behind"
-    audiences = {
-        k.split("/")[2].removeprefix("audience=")
-        for k in manifests
-        if k.startswith(f"{LAKE_PREFIX}/audiences/audience=") and f"/dt={day}/" in k
-    }
-    assert audiences, f"no audiences/audience=*/dt={day} partitions in the lake"
 
 
-def _check_registry_and_links(it: Integration, train_run_id: str) -> None:
+def _check_mlflow_links(it: Integration, dag_id: str, run_id: str, ti: dict[str, Any]) -> dict[str, Any]:
+    """The ``mlflow`` XCom of a task instance and its "MLflow run"/"MLflow model version" extra links
+    (resolved by the plugin in the API server): they name that run and version on the running MLflow
+    server, which opens the link and knows the run. Returns the XCom."""
+    api = it.api
+    assert api is not None
+    task_id, index = ti["task_id"], ti["map_index"]
+    payload = api.xcom(dag_id, run_id, task_id, "mlflow", map_index=index)
+    links = api.extra_links(dag_id, run_id, task_id, map_index=index)
+    what = f"{dag_id}.{task_id}[{ti['rendered_map_index']}]"
+    url = links.get("MLflow run")
+    expected = f"{it.mlflow_url}/#/experiments/{payload['experiment_id']}/runs/{payload['run_id']}"
+    assert url == expected, f"{what}: MLflow run link {url!r}, expected {expected!r} (links: {links})"
+    version = f"{it.mlflow_url}/#/models/{payload['model_name']}/versions/{payload['model_version']}"
+    assert links.get("MLflow model version") == version, (what, links)
+    assert not links.get("Data Docs"), (what, links)  # no data_docs XCom: the link is disabled
+
+    # the link opens on the running server (the #fragment stays in the browser) and the run exists there
+    assert (http_json(url, timeout=30) or (None,))[0] == 200, url
+    api_url = f"{it.mlflow_url}/api/2.0/mlflow/runs/get?run_id={payload['run_id']}"
+    status, answer = http_json(api_url, timeout=30) or (None, None)
+    assert status == 200, (what, answer)
+    assert answer["run"]["info"]["experiment_id"] == payload["experiment_id"], (what, answer["run"]["info"])
+    return dict(payload)
+
+
+def _check_registry_and_links(it: Integration, front: FrontDoor, drift: Drift, score_run_id: str) -> None:
+    """Scoring used the champions the command line trained (the ``mlflow`` XCom and MLflow links of
+    every mapped ``score`` instance). The chain registered no version except for drift: the
+    retraining run's ``train`` instances name the versions they registered, and the champion is
+    theirs exactly when they say it was promoted."""
     from mlflow import MlflowClient
 
     api = it.api
     assert api is not None
+    instances = [t for t in api.task_instances("score_and_build_audiences", score_run_id) if t["task_id"] == "score"]
+    scored = sorted(str(t["rendered_map_index"]).split(" shard ")[0] for t in instances)
+    assert scored == sorted(TASKS), instances  # one shard per task (scoring.shards = 1)
+    for ti in instances:
+        task = str(ti["rendered_map_index"]).split(" shard ")[0]
+        payload = _check_mlflow_links(it, "score_and_build_audiences", score_run_id, ti)
+        champion = front.champions[task]
+        assert payload["run_id"] == champion.run_id, (task, payload, champion.run_id)
+        assert payload["model_name"] == f"propensity-{task}" and payload["model_version"] == champion.version, payload
+
     # registry_uri too: otherwise a registry URI another test set process-wide (mlflow.set_registry_uri) wins
     client = MlflowClient(tracking_uri=it.mlflow_url, registry_uri=it.mlflow_url)
-    instances = [t for t in api.task_instances("train_models", train_run_id) if t["task_id"] == "train"]
-    assert sorted(t["rendered_map_index"] for t in instances) == sorted(TASKS), instances
-    for ti in instances:
-        task, index = ti["rendered_map_index"], ti["map_index"]
-        champion = client.get_model_version_by_alias(f"propensity-{task}", "champion")
-        payload = api.xcom("train_models", train_run_id, "train", "mlflow", map_index=index)
-        assert payload["promoted"] is True and payload["model_version"] == champion.version, (payload, champion)
-        assert payload["run_id"] == champion.run_id, (payload, champion.run_id)
-
-        links = api.extra_links("train_models", train_run_id, "train", map_index=index)
-        url = links.get("MLflow run")
-        expected = f"{it.mlflow_url}/#/experiments/{payload['experiment_id']}/runs/{champion.run_id}"
-        assert url == expected, f"{task}: MLflow run link {url!r}, expected {expected!r} (links: {links})"
-        version_url = links.get("MLflow model version")
-        assert version_url == f"{it.mlflow_url}/#/models/propensity-{task}/versions/{champion.version}", links
-
-        # the link opens on the running server (the #fragment stays in the browser) and the run exists there
-        assert (http_json(url, timeout=30) or (None,))[0] == 200, url
-        api_url = f"{it.mlflow_url}/api/2.0/mlflow/runs/get?run_id={champion.run_id}"
-        status, answer = http_json(api_url, timeout=30) or (None, None)
-        assert status == 200, answer
-        run = answer["run"]
-        assert run["info"]["experiment_id"] == payload["experiment_id"], run["info"]
+    champions = {task: client.get_model_version_by_alias(f"propensity-{task}", "champion") for task in TASKS}
+    versions = {task: len(client.search_model_versions(f"name='propensity-{task}'")) for task in TASKS}
+    for task in sorted(set(TASKS) - set(drift.breached)):
+        assert champions[task].version == front.champions[task].version, (task, champions[task].version)
+        assert versions[task] == front.versions[task], (task, versions[task], front.versions[task])
+    if drift.retrain_run_id is not None:
+        instances = [t for t in api.task_instances("train_models", drift.retrain_run_id) if t["task_id"] == "train"]
+        assert sorted(t["rendered_map_index"] for t in instances) == sorted(drift.breached), instances
+        for ti in instances:
+            task = ti["rendered_map_index"]
+            payload = _check_mlflow_links(it, "train_models", drift.retrain_run_id, ti)
+            assert payload["model_name"] == f"propensity-{task}", payload
+            assert versions[task] == front.versions[task] + 1, (task, versions[task], front.versions[task])
+            now = payload["model_version"] if payload["promoted"] else front.champions[task].version
+            assert champions[task].version == now, (task, payload, champions[task].version)
     assert it.keys("mlflow", "artifacts/"), "MLflow artifacts did not land in the S3 bucket"
 
 
-def _check_exports(it: Integration, settings: Settings) -> None:
+def _check_data_docs(api: AirflowApi, validate_run_id: str) -> None:
+    """Data Docs are off in SMALL_SETTINGS: the validation task says so (XCom ``data_docs`` None), so
+    its "Data Docs" link is disabled rather than pointing at a page that does not exist."""
+    assert api.xcom("shop_validate", validate_run_id, "validate", "data_docs") is None
+    assert not api.extra_links("shop_validate", validate_run_id, "validate").get("Data Docs")
+
+
+def _check_exports(it: Integration, settings: Settings, catch_up: set[str]) -> None:
+    """One export per audience for ``T`` and none for any other date (none past the freshness limit,
+    none for the catch-up day); the CRM table holds the treatment groups of ``T`` only."""
     import sqlalchemy as sa
 
     from propensity.audiences.spec import load_audiences
 
-    day = SCORE_DAY.isoformat()
+    exports = _partition_dates(it.keys("exports", f"{EXPORT_PREFIX}/"), f"{EXPORT_PREFIX}/", "dt")
+    dates = set().union(*exports.values()) if exports else set()
+    limit = (SNAPSHOT + timedelta(days=MAX_STALENESS_DAYS)).isoformat()
+    assert not [d for d in dates if d > limit], f"exports past {limit}: {sorted(dates)}"
+    assert not dates & catch_up, f"exports for the catch-up day {sorted(catch_up)}: {sorted(dates)}"
+    assert dates == {SNAPSHOT_KEY}, f"export dates {sorted(dates)}"
+
     names = [a.name for a in load_audiences(settings.audiences_file, TASKS).ordered()]
+    assert set(exports) == {f"audience={name}" for name in names}, sorted(exports)
     treatment = {}
     for name in names:
-        base = f"{EXPORT_PREFIX}/audience={name}/dt={day}"
+        base = f"{EXPORT_PREFIX}/audience={name}/dt={SNAPSHOT_KEY}"
         manifest = it.get_json("exports", f"{base}/manifest.json")
         counts = manifest["counts"]
         csv = it.s3.get_object(Bucket=BUCKETS["exports"], Key=f"{base}/{manifest['file']}")["Body"].read()
         assert csv.decode().count("\n") - 1 == counts["treatment"], (name, counts)
-        lake = it.get_json("lake", f"{LAKE_PREFIX}/audiences/audience={name}/dt={day}/_manifest.json")
+        lake = it.get_json("lake", f"{LAKE_PREFIX}/audiences/audience={name}/dt={SNAPSHOT_KEY}/_manifest.json")
         assert lake["row_count"] >= counts["treatment"], (name, lake, counts)
         treatment[name] = counts["treatment"]
     assert sum(treatment.values()) > 0, treatment
-    # the CRM table lives in the shop's PostgreSQL database: the treatment groups, nothing else
+    # the CRM table lives in the shop's PostgreSQL database: the treatment groups of T, nothing else
     engine = sa.create_engine(it.shop_db)
     try:
         with engine.connect() as conn:
-            rows = dict(
-                conn.execute(
-                    sa.text("SELECT audience, count(*) FROM audience_members WHERE dt = :d GROUP BY audience"),
-                    {"d": SCORE_DAY},
+            rows = {
+                (str(day), audience): n
+                for day, audience, n in conn.execute(
+                    sa.text("SELECT dt, audience, count(*) FROM audience_members GROUP BY dt, audience")
                 ).all()
-            )
+            }
     finally:
         engine.dispose()
-    assert rows == {name: n for name, n in treatment.items() if n}, (rows, treatment)
+    assert rows == {(SNAPSHOT_KEY, name): n for name, n in treatment.items() if n}, (rows, treatment)

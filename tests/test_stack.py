@@ -1,6 +1,6 @@
 """``make up`` / ``make down``: the real local stack (``python -m propensity.stack``), end to end.
 
-One test starts the whole stack (Airflow api-server, scheduler, dag-processor and MLflow)
+One test starts the whole stack (Airflow api-server, scheduler, dag-processor, triggerer and MLflow)
 on free ports under a temporary ``PROPENSITY_HOME``, talks to it like a user would (health
 endpoints, a JWT from Airflow's login endpoint, the DAG list), checks that a second ``up``
 only reports, then ``down`` and checks that no process of the stack's sessions survives.
@@ -40,6 +40,7 @@ from propensity.stack import (
 )
 
 REPO_DAGS = {"shop_collect", "shop_validate", "build_features"}
+DAEMONS = {"api-server", "scheduler", "dag-processor", "triggerer", "mlflow"}
 
 
 def _config(tmp_path: Path, **overrides: Any) -> StackConfig:
@@ -77,11 +78,13 @@ def test_environments_and_commands(tmp_path: Path) -> None:
     ml = mlflow_env(cfg, "id1", base=base)
     assert ml["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false" and ml[MARKER_ENV] == "id1"
     commands = daemon_commands(cfg)
-    assert set(commands) == {"api-server", "scheduler", "dag-processor", "mlflow"}
+    assert set(commands) == DAEMONS
     for argv in commands.values():
         if "--host" in argv:
             assert argv[argv.index("--host") + 1] == LOOPBACK
-    assert "--skip-serve-logs" in commands["scheduler"]  # its log server would bind every interface
+    for name in ("scheduler", "triggerer"):  # their log servers would bind every interface
+        assert "--skip-serve-logs" in commands[name], commands[name]
+    assert commands["triggerer"][2:4] == ["airflow", "triggerer"], commands["triggerer"]
     assert commands["mlflow"][commands["mlflow"].index("--workers") + 1] == "1"
 
 
@@ -176,13 +179,15 @@ def test_up_serves_airflow_and_mlflow_and_down_stops_everything(tmp_path: Path) 
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads(state_path.read_text())
         assert airflow in up.stdout and mlflow in up.stdout and "admin / admin" in up.stdout, up.stdout
-        assert {p["name"] for p in state["processes"]} == {"api-server", "scheduler", "dag-processor", "mlflow"}
+        assert {p["name"] for p in state["processes"]} == DAEMONS
         for record in state["processes"]:
             assert Path(record["log"]).parent == home / "airflow" / "logs" / "stack"
 
         status, health = _request(f"{airflow}/api/v2/monitor/health")
         assert status == 200 and health["metadatabase"]["status"] == "healthy", health
         assert health["scheduler"]["status"] == "healthy" and health["dag_processor"]["status"] == "healthy"
+        # no triggerer job at all reads as status None, which the UI's health badge shows red
+        assert health["triggerer"]["status"] == "healthy" and health["triggerer"]["latest_triggerer_heartbeat"], health
         assert _request(f"{mlflow}/health") == (200, "OK")
 
         status, login = _request(f"{airflow}/auth/token", {"username": "admin", "password": "admin"})

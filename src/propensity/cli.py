@@ -153,7 +153,12 @@ def print_train(s: Settings, records: list[pipeline.TrainRecord], report_path: s
         print(f"report -> {report_path}")
     else:
         print(json.dumps(report, indent=2, default=float))
-    print(f"MLflow: {s.tracking_uri} (experiment {s.models.experiment!r})")
+    from propensity.links import mlflow_experiment_url, mlflow_ui_base
+
+    ui = mlflow_ui_base(s.tracking_uri)
+    experiment = records[0].mlflow.get("experiment_id") if records else None
+    where = mlflow_experiment_url(ui, experiment) if ui and experiment else s.tracking_uri
+    print(f"MLflow: {where} (experiment {s.models.experiment!r})")
 
 
 def cmd_train(s: Settings, a: argparse.Namespace) -> int:

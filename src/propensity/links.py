@@ -77,6 +77,15 @@ def mlflow_ui_base(tracking_uri: str | None, fallback: str | None = None) -> str
     return None
 
 
+def mlflow_experiment_url(ui: str, experiment_id: str | int) -> str:
+    """``<ui>/#/experiments/<id>?workflowType=machine_learning``: the experiment on its training runs.
+
+    MLflow 3.17's UI otherwise opens an experiment on its GenAI overview (a browser-local
+    sidebar toggle decides, GenAI by default); the query overrides it.
+    """
+    return f"{ui.rstrip('/')}/#/experiments/{quote(str(experiment_id), safe='')}?workflowType=machine_learning"
+
+
 def mlflow_run_url(ui: str, experiment_id: str | int, run_id: str) -> str:
     """``<ui>/#/experiments/<experiment_id>/runs/<run_id>``: the run page of the MLflow UI."""
     return f"{ui.rstrip('/')}/#/experiments/{quote(str(experiment_id), safe='')}/runs/{quote(run_id, safe='')}"

@@ -2,10 +2,10 @@
 
 ``up`` starts, under ``settings.airflow_home_dir`` (default ``var/airflow``):
 
-* Airflow ``api-server``, ``scheduler`` (LocalExecutor, parallelism 4) and ``dag-processor``
-  on a SQLite metadata DB, with the repository's ``dags/`` and ``plugins/`` folders and no
-  example DAGs; login through Airflow's SimpleAuthManager with a known user and password
-  (default ``admin``/``admin``), written to a passwords file under the Airflow home;
+* Airflow ``api-server``, ``scheduler`` (LocalExecutor, parallelism 4), ``dag-processor`` and
+  ``triggerer`` on a SQLite metadata DB, with the repository's ``dags/`` and ``plugins/``
+  folders and no example DAGs; login through Airflow's SimpleAuthManager with a known user and
+  password (default ``admin``/``admin``), written to a passwords file under the Airflow home;
 * ``mlflow server`` on the project's tracking backend (``settings.tracking_uri``, by default
   ``sqlite:///<home>/mlflow.db``) serving ``settings.artifacts_uri``, with one worker and no
   job execution, like :class:`propensity.services.MlflowServer`.
@@ -13,8 +13,8 @@
 Everything binds to 127.0.0.1. It runs ``airflow db migrate`` first, starts every daemon in
 its own session (so its process group holds it and all its children), logs each to
 ``<airflow_home>/logs/stack/<name>.log``, records the PIDs in ``<airflow_home>/stack.json``,
-waits until Airflow's ``/api/v2/monitor/health`` (scheduler and DAG processor heartbeating)
-and MLflow's ``/health`` answer, and prints the URLs and the login.
+waits until Airflow's ``/api/v2/monitor/health`` (scheduler, DAG processor and triggerer
+heartbeating) and MLflow's ``/health`` answer, and prints the URLs and the login.
 
 ``down`` stops exactly what ``up`` started: SIGTERM to the process groups of the recorded
 daemons, a grace period, then SIGKILL for leftovers. Airflow's children (LocalExecutor
@@ -53,6 +53,7 @@ from propensity.links import MLFLOW_UI_ENV
 from propensity.services import LOOPBACK
 
 __all__ = [
+    "AIRFLOW_HEALTH_PARTS",
     "MARKER_ENV",
     "StackConfig",
     "StackError",
@@ -210,16 +211,20 @@ def mlflow_env(cfg: StackConfig, stack_id: str, base: Mapping[str, str] | None =
 
 
 def daemon_commands(cfg: StackConfig, python: str = sys.executable) -> dict[str, list[str]]:
-    """The argv of each daemon, by name: ``api-server``, ``scheduler``, ``dag-processor``, ``mlflow``.
+    """The argv of each daemon, by name: ``api-server``, ``scheduler``, ``dag-processor``,
+    ``triggerer``, ``mlflow``.
 
-    The scheduler skips its log server (it would listen on all interfaces; the API server
-    reads task logs from the local log folder anyway).
+    The triggerer runs deferred tasks and asset watchers; without one Airflow's health
+    endpoint (and the UI's health badge) reports it missing, and a deferrable task would wait
+    for ever. The scheduler and the triggerer skip their log servers (they would listen on all
+    interfaces; the API server reads task logs from the local log folder anyway).
     """
     airflow = [python, "-m", "airflow"]
     return {
         "api-server": [*airflow, "api-server", "--host", cfg.host, "--port", str(cfg.airflow_port), "--workers", "1"],
         "scheduler": [*airflow, "scheduler", "--skip-serve-logs"],
         "dag-processor": [*airflow, "dag-processor"],
+        "triggerer": [*airflow, "triggerer", "--skip-serve-logs"],
         "mlflow": [
             python, "-m", "mlflow", "server",
             "--host", cfg.host, "--port", str(cfg.mlflow_port),
@@ -415,6 +420,9 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
+AIRFLOW_HEALTH_PARTS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
+"""The parts of ``/api/v2/monitor/health`` that must say ``healthy`` (the UI's health badge shows them all)."""
+
 HEAVY_POOL_SLOTS = 3  # of parallelism 4: one slot stays free for the light tasks
 
 
@@ -507,13 +515,13 @@ def http_json(
 
 
 def airflow_ready(cfg: StackConfig) -> bool:
-    """Airflow's health endpoint answers and the scheduler and DAG processor are heartbeating."""
+    """Airflow's health endpoint answers and the scheduler, DAG processor and triggerer are heartbeating
+    (every part the UI's health badge shows)."""
     answer = http_json(f"{cfg.airflow_url}/api/v2/monitor/health")
     if answer is None or answer[0] != 200 or not isinstance(answer[1], dict):
         return False
     health = answer[1]
-    parts = ("metadatabase", "scheduler", "dag_processor")
-    return all((health.get(part) or {}).get("status") == "healthy" for part in parts)
+    return all((health.get(part) or {}).get("status") == "healthy" for part in AIRFLOW_HEALTH_PARTS)
 
 
 def mlflow_ready(cfg: StackConfig) -> bool:
