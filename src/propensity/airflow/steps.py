@@ -115,15 +115,17 @@ def validate(run: Run, triggering_asset_events: Any, key: str | None) -> tuple[p
 
 
 def snapshot_day(run: Run) -> date:
-    """The snapshot a ``build_features`` run builds: the day after its partition day, provided the
-    clean zone reaches that day (a snapshot past the data would describe nobody)."""
-    from propensity.features.snapshot import SnapshotBuilder
+    """The snapshot a ``build_features`` run builds: the day after its partition day, provided every
+    table of that day is in the clean zone (a snapshot past the data would describe nobody). Read
+    from the partitions' manifests: nothing is loaded."""
+    from propensity.lake import Lake
 
-    _, last = SnapshotBuilder(run.settings).span()
-    if last < run.day:
+    lake = Lake.open(run.settings.lake_uri, run.settings.s3_endpoint_url)
+    missing = [t for t in TABLES if lake.manifest(zones.CLEAN, t, {"dt": run.day.isoformat()}) is None]
+    if missing:
         raise RequestError(
-            f"features for day {run.day}: the clean zone ends on {last}; validate {run.day} before building "
-            f"the snapshot {partitions.snapshot_after(run.day)}"
+            f"features for day {run.day}: clean/{{{','.join(missing)}}}/dt={run.day} is not published; "
+            f"validate {run.day} before building the snapshot {partitions.snapshot_after(run.day)}"
         )
     return partitions.snapshot_after(run.day)
 
