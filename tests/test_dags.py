@@ -655,8 +655,9 @@ def scoring_shop(clean_zone, tmp_path_factory: pytest.TempPathFactory) -> tuple[
         "audiences": {**SCORE_CONF["audiences"], "file": str(home / "audiences.yaml")},
     }
     conf.write_text(yaml.safe_dump(doc))
-    with _fresh_env():
-        settings = load_settings(conf)
+    with _fresh_env() as mp:
+        mp.setenv("PROPENSITY_CONFIG", str(conf))  # load_settings(conf) would export it for the whole session
+        settings = Settings()
     assert list(settings.tasks) == CONFIGURED
     return settings, conf
 
