@@ -62,10 +62,6 @@ class SnapshotStore:
     def labels_manifest(self, task: str, d: date | str) -> dict[str, Any] | None:
         return self.lake.manifest(LABELS, "", self.labels_part(task, d))
 
-    def published_snapshots(self) -> list[str]:
-        """Dates of every published features snapshot (ISO strings, ascending)."""
-        return sorted(p["snapshot"] for p in self.lake.partitions(FEATURES, "") if "snapshot" in p)
-
     def missing(self, d: date | str, tasks: Iterable[str], complete: bool = False) -> list[str]:
         """What of snapshot ``d`` is not published: ``features``, ``profiles``, ``labels.<task>``
         (with ``complete``: also labels published while their window was still open)."""
@@ -188,18 +184,12 @@ class SnapshotStore:
     def scores_key(self, task: str, d: date | str) -> str:
         return partition_path(SCORES, "", self.scores_part(task, d))
 
-    def scores_manifest(self, task: str, d: date | str) -> dict[str, Any] | None:
-        return self.lake.manifest(SCORES, "", self.scores_part(task, d))
-
     def write_scores(self, task: str, d: date | str, df: pl.DataFrame, meta: Mapping[str, Any]) -> dict[str, Any]:
         return self.lake.write_partition(SCORES, "", self.scores_part(task, d), df.to_arrow(), meta)
 
     def read_scores(self, task: str, d: date | str, columns: list[str] | None = None) -> pl.DataFrame | None:
         table = self.lake.read_partition(SCORES, "", self.scores_part(task, d), columns=columns)
         return pl.from_arrow(table) if table is not None else None  # type: ignore[return-value]
-
-    def scored_dates(self, task: str) -> list[str]:
-        return sorted(p["dt"] for p in self.lake.partitions(SCORES, "") if p.get("task") == task and p.get("dt"))
 
     def write_score_shard(self, task: str, d: date | str, shard: int, df: pl.DataFrame, meta: Mapping[str, Any]) -> str:
         part = self.score_shard_part(task, d, shard)
