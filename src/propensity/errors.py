@@ -33,3 +33,8 @@ class StaleSnapshotError(FinalError):
 
 class DataQualityError(FinalError):
     """Data that breaks a rule: a critical gate failure, a derived frame failing its checks."""
+
+
+class LakeIntegrityError(DataQualityError):
+    """What is stored does not match what its manifest committed (row count, size, digest, or an
+    unreadable manifest or data file): reading on would act on data nobody wrote."""
