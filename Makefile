@@ -45,7 +45,7 @@ demo: venv
 	$(BIN)/propensity simulate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --start $(DEMO_START)
 	$(BIN)/propensity run --start $(DEMO_START) --end $(DEMO_END) --through audiences --report $(PROPENSITY_HOME)/train_report.json
 	@echo ""
-	@echo "exports:   $(PROPENSITY_HOME)/exports/audience=*/dt=*/ (CSV + manifest.json)"
+	@echo "exports:   $(PROPENSITY_HOME)/exports/dt=*/ (one manifest.json per date; audience=*/ CSVs)"
 	@echo "lake:      $(PROPENSITY_HOME)/lake (raw, clean, features, scores, audiences, reports)"
 	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(PROPENSITY_HOME)/mlflow.db --host 127.0.0.1  (or: make up)"
 

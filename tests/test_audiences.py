@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from propensity.audiences import build, read_members
 from propensity.audiences.measure import measure, uplift
-from propensity.audiences.publish import EXPORT_COLUMNS, read_export_manifest
+from propensity.audiences.publish import EXPORT_COLUMNS
 from propensity.audiences.select import control_draw, select_all
+from propensity.audiences.sets import read_export, read_export_set
 from propensity.audiences.spec import CONSENT_COLUMN, AudienceSpec, Offer
 from propensity.config import Settings
 from propensity.lake import Lake
@@ -216,17 +217,19 @@ def test_audiences_publish_rerun_identical_and_measure(scored_shop):
 
     def snapshot_bytes() -> dict[str, bytes]:
         keys = [k for k in store.list("") if not k.startswith(".")]
-        keys += [k for k in lake.store.list("audiences/") if not k.endswith("manifest.json")]
+        keys += lake.store.list("audiences/")  # manifests included: they carry no timestamps
         return {k: (store if k in store.list("") else lake.store).get_bytes(k) for k in keys}
 
     before = snapshot_bytes()
     feats = pl.from_arrow(lake.read_partition("features", "", {"snapshot": D.isoformat()}))
+    exported = read_export_set(store, D.isoformat())
+    assert sorted(exported["exports"]) == sorted(x.spec.name for x in first.selections)
     for x in first.selections:
-        doc = read_export_manifest(store, x.spec.name, D.isoformat())
+        doc = exported["exports"][x.spec.name]
         assert doc["counts"]["treatment"] == x.treatment and doc["counts"]["control"] == x.control
         assert set(doc["counts"]["suppressed"]) == {"global_opt_out", "no_consent", "recent_purchase", "frequency_cap"}
         assert doc["models"][x.spec.task]["model_version"] and doc["rule_hash"]
-        csv = pl.read_csv(store.get_bytes(f"audience={x.spec.name}/dt={D}/{doc['file']}"), infer_schema=False)
+        csv = pl.read_csv(read_export(store, D.isoformat(), x.spec.name), infer_schema=False)
         assert csv.columns == EXPORT_COLUMNS and csv.height == x.treatment
         members = read_members(s, x.spec.name, D)
         assert set(csv["pseudo_id"]) == set(members.filter(pl.col("group") == "treatment")["pseudo_id"])

@@ -719,7 +719,7 @@ def test_configured_tasks_are_trained_once_and_registered(scoring_runs, airflow_
 
 @pytest.mark.slow
 def test_score_and_build_audiences_scores_every_configured_task(scoring_runs, airflow_env: AirflowEnv) -> None:  # noqa: F811
-    from propensity.audiences.publish import read_export_manifest
+    from propensity.audiences.sets import read_export_set
     from propensity.scoring import read_scores
 
     settings, runs = scoring_runs
@@ -746,10 +746,11 @@ def test_score_and_build_audiences_scores_every_configured_task(scoring_runs, ai
     audience_event = events[asset_uri(zones.AUDIENCES)]
     assert audience_event["partition_key"] == day and audience_event["extra"]["published"] is True
     store = open_store(settings.export_uri)
+    exports = read_export_set(store, day)["exports"]
     for name in ("win-back", "cross-sell"):
-        export = read_export_manifest(store, name, day)
+        export = exports[name]
         assert export["counts"]["treatment"] == audience_event["extra"]["audiences"][name]["treatment"], name
-    win_back = lake.read_partition("audiences", "", {"audience": "win-back", "dt": day}).to_pylist()
+    win_back = [r for r in lake.read_partition("audiences", "", {"dt": day}).to_pylist() if r["audience"] == "win-back"]
     assert any(r["reason_1"] for r in win_back if r["group"] == "treatment"), "reason codes from the scoring model"
     assert any(f"audiences dt={day} (2 export(s) published):" in ln for ln in run["log"].splitlines())
 

@@ -745,15 +745,14 @@ def _check_lake(it: Integration, catch_up: set[str]) -> None:
     assert snapshots["labels"] == per_task, snapshots["labels"]
     assert dated["scores"] == per_task, dated["scores"]  # no scores/_shards/ left behind either
     assert dated["drift"] == {"": {SNAPSHOT_KEY}}, dated["drift"]
-    audiences = dated["audiences"]
-    assert audiences and all(days == {SNAPSHOT_KEY} for days in audiences.values()), audiences
+    assert dated["audiences"] == {"": {SNAPSHOT_KEY}}, dated["audiences"]  # one set per date
     manifests = set(_committed(lake))
     expected = [
         f"features/snapshot={SNAPSHOT_KEY}",
         f"profiles/snapshot={SNAPSHOT_KEY}",
         *(f"labels/task={task}/snapshot={SNAPSHOT_KEY}" for task in TASKS),
         *(f"scores/task={task}/dt={SNAPSHOT_KEY}" for task in TASKS),
-        *(f"audiences/{group}/dt={SNAPSHOT_KEY}" for group in audiences),
+        f"audiences/dt={SNAPSHOT_KEY}",
     ]
     missing = [p for p in expected if f"{LAKE_PREFIX}/{p}/_manifest.json" not in manifests]
     assert not missing, f"lake partitions not committed: {missing}"
@@ -852,16 +851,20 @@ def _check_exports(it: Integration, settings: Settings, catch_up: set[str]) -> N
     assert dates == {SNAPSHOT_KEY}, f"export dates {sorted(dates)}"
 
     names = [a.name for a in load_audiences(settings.audiences_file, TASKS).ordered()]
-    assert set(exports) == {f"audience={name}" for name in names}, sorted(exports)
+    # one committed set per date: dt=T/manifest.json lists every audience, lake and exports agree
+    export_set = it.get_json("exports", f"{EXPORT_PREFIX}/dt={SNAPSHOT_KEY}/manifest.json")
+    lake_set = it.get_json("lake", f"{LAKE_PREFIX}/audiences/dt={SNAPSHOT_KEY}/_manifest.json")
+    assert sorted(export_set["exports"]) == sorted(names) == sorted(lake_set["manifests"]), export_set
+    assert export_set["set_id"] == lake_set["set_id"]
     treatment = {}
     for name in names:
-        base = f"{EXPORT_PREFIX}/audience={name}/dt={SNAPSHOT_KEY}"
-        manifest = it.get_json("exports", f"{base}/manifest.json")
-        counts = manifest["counts"]
-        csv = it.s3.get_object(Bucket=BUCKETS["exports"], Key=f"{base}/{manifest['file']}")["Body"].read()
+        counts = export_set["exports"][name]["counts"]
+        key = f"{EXPORT_PREFIX}/dt={SNAPSHOT_KEY}/{export_set['exports'][name]['file']}"
+        csv = it.s3.get_object(Bucket=BUCKETS["exports"], Key=key)["Body"].read()
         assert csv.decode().count("\n") - 1 == counts["treatment"], (name, counts)
-        lake = it.get_json("lake", f"{LAKE_PREFIX}/audiences/audience={name}/dt={SNAPSHOT_KEY}/_manifest.json")
-        assert lake["row_count"] >= counts["treatment"], (name, lake, counts)
+        assert counts["treatment"] + counts["control"] == sum(
+            f["rows"] for f in lake_set["files"] if f["name"].startswith(f"audience={name}/")
+        ), (name, lake_set, counts)
         treatment[name] = counts["treatment"]
     assert sum(treatment.values()) > 0, treatment
     # the CRM table lives in the shop's PostgreSQL database: the treatment groups of T, nothing else

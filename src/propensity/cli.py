@@ -191,7 +191,8 @@ def print_audiences(s: Settings, record: pipeline.AudienceRecord) -> None:
         return
     for name, uri in record.exports.items():
         print(f"export {name}: {uri}")
-    print(f"members: {s.lake_uri}/audiences/audience=*/dt={record.date}; composition: {s.lake_uri}/reports/audiences")
+    print(f"members: {s.lake_uri}/audiences/dt={record.date}; set: {s.export_uri}/dt={record.date}/manifest.json")
+    print(f"composition: {s.lake_uri}/reports/audiences/dt={record.date}")
 
 
 def cmd_measure(s: Settings, a: argparse.Namespace) -> int:

@@ -4,9 +4,11 @@
 (``propensity score``), the snapshot's features and profile tags and recent campaign
 contacts; applies the declared audiences (:mod:`.spec`) under the rules that always hold
 (:mod:`.select`); computes reason codes for members only; then, unless ``dry_run``,
-publishes per audience the lake Parquet (all members, control included), the
-pseudonymous CSV export of the treatment group with its manifest (:mod:`.publish`), the
-CRM table where configured, and the composition report (:mod:`.composition`).
+publishes the date's audiences as one set (:mod:`.sets`): per audience the lake Parquet
+(all members, control included) and the pseudonymous CSV export of the treatment group
+(:mod:`.publish`), the CRM table where configured, then one commit manifest per store;
+and the composition report (:mod:`.composition`). Consents are read at decision time
+(:mod:`.consent`), never only from the cached snapshot.
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ from typing import Any
 import polars as pl
 
 from propensity.audiences.composition import Composition, compare, markdown
-from propensity.audiences.publish import csv_bytes, pseudonymize, publish_export, resolve_salt, write_crm
+from propensity.audiences.consent import latest_consent, overlay, still_contactable
+from propensity.audiences.publish import csv_bytes, pseudonymize, resolve_salt, write_crm
 from propensity.audiences.select import KEY, SUPPRESSION_REASONS, Selection, control_draw, select_all
-from propensity.audiences.spec import load_audiences
+from propensity.audiences.sets import (
+    AudienceFiles,
+    check_paths,
+    publish_set,
+    read_lake_set,
+    read_set_members,
+)
+from propensity.audiences.spec import AudienceBook, load_audiences
 from propensity.config import Settings
 from propensity.errors import RequestError
 from propensity.features.store import SnapshotStore
@@ -35,11 +45,9 @@ from propensity.scoring import (
     reason_frame,
     with_reasons,
 )
-from propensity.storage import open_store
+from propensity.storage import Store, open_store
 
 log = logging.getLogger(__name__)
-
-from propensity.zones import AUDIENCES as ZONE  # noqa: E402
 
 
 @dataclass
@@ -50,6 +58,8 @@ class AudienceRun:
     exports: dict[str, str] = field(default_factory=dict)
     models: dict[str, dict[str, str]] = field(default_factory=dict)
     dry_run: bool = False
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Manifests of the audiences a partial run carried over from the date's published set."""
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -88,7 +98,8 @@ def _read(lake: Lake, zone: str, parts: dict[str, str]) -> pl.DataFrame | None:
 
 def recent_contacts(lake: Lake, d: date, days: int) -> pl.DataFrame:
     """Contacts per customer in ``[d - days, d)``: the shop's campaign_contacts plus our own
-    treatment sends that have not come back through campaign_contacts yet."""
+    treatment sends (the committed audience sets) that have not come back through
+    campaign_contacts yet."""
     window = [(d - timedelta(days=i)).isoformat() for i in range(1, days + 1)]
     have = {p["dt"] for p in lake.partitions("clean", "campaign_contacts")}
     frames = []
@@ -96,14 +107,13 @@ def recent_contacts(lake: Lake, d: date, days: int) -> pl.DataFrame:
     if parts:
         t = lake.read_table("clean", "campaign_contacts", columns=[KEY, "campaign_id"], where=parts)
         frames.append(pl.from_arrow(t))  # type: ignore[arg-type]
-    for p in lake.partitions(ZONE, ""):
-        if p.get("dt") in window:
-            m = _read(lake, ZONE, p)
-            if m is not None and m.height:
-                sent = m.filter(pl.col("group") == "treatment")
-                frames.append(
-                    sent.select(KEY, (pl.col("audience") + "-" + pl.col("dt").cast(pl.String)).alias("campaign_id"))
-                )
+    for day in window:
+        m = read_set_members(lake, day, columns=[KEY, "group", "audience", "dt"])
+        if m is not None and m.height:
+            sent = m.filter(pl.col("group") == "treatment")
+            frames.append(
+                sent.select(KEY, (pl.col("audience") + "-" + pl.col("dt").cast(pl.String)).alias("campaign_id"))
+            )
     if not frames:
         return pl.DataFrame(schema={KEY: pl.String, "contacts_recent": pl.UInt32})
     both = pl.concat([f.cast({KEY: pl.String, "campaign_id": pl.String}) for f in frames]).unique()
@@ -111,16 +121,17 @@ def recent_contacts(lake: Lake, d: date, days: int) -> pl.DataFrame:
 
 
 def candidates(
-    settings: Settings, lake: Lake, d: date, tasks: list[str]
+    settings: Settings, lake: Lake, d: date, tasks: list[str], consent: pl.DataFrame
 ) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
-    """One row per customer: features, profile tags, every task's score and decile, recent contacts;
+    """One row per customer: features (consents narrowed by ``consent``, the newest validated
+    state: :mod:`.consent`), profile tags, every task's score and decile, recent contacts;
     and the scores frames read, per task."""
     day = d.isoformat()
     feats = _read(lake, "features", {"snapshot": day})
     profiles = _read(lake, "profiles", {"snapshot": day})
     if feats is None or profiles is None:
         raise RequestError(f"features/profiles at snapshot={day} are not published: run propensity score --date {day}")
-    c = feats.join(profiles.drop("snapshot", strict=False), on=KEY, how="left")
+    c = overlay(feats.join(profiles.drop("snapshot", strict=False), on=KEY, how="left"), consent)
     scores = {}
     for task in tasks:
         sc = _read(lake, "scores", {"task": task, "dt": day})
@@ -173,24 +184,75 @@ def add_reasons(
     return filled
 
 
+def kept_selections(
+    lake: Lake, book: AudienceBook, day: str, names: list[str] | None, consent: pl.DataFrame
+) -> tuple[list[Selection], dict[str, dict[str, Any]]]:
+    """For a partial run (``names``), the date's other published audiences, carried over.
+
+    Their members stay as published, except treatment members whose newest validated state
+    revokes the chosen channel or opts them out (counted as ``revoked``): re-committing a
+    date must not re-export someone who has since opted out. Audiences no longer declared
+    are dropped. Returns the selections and their manifests.
+    """
+    doc = read_lake_set(lake, day) if names else None
+    if doc is None:
+        return [], {}
+    declared = {a.name: a for a in book.audiences}
+    others = [n for n in doc["audiences"] if n not in set(names or []) and n in declared]
+    dropped = sorted(set(doc["audiences"]) - set(names or []) - set(others))
+    if dropped:
+        log.warning("audiences %s at dt=%s are no longer declared: dropped from the date's set", dropped, day)
+    if not others:
+        return [], {}
+    members = read_set_members(lake, day)
+    assert members is not None
+    out, docs = [], {}
+    for name in others:
+        m = members.filter(pl.col("audience") == name)
+        ok = still_contactable(m, consent) | (m["group"] != "treatment")
+        kept_doc = dict(doc["manifests"][name])
+        counts = dict(kept_doc["counts"])
+        counts["revoked"] = counts.get("revoked", 0) + int((~ok).sum())
+        sel = Selection(declared[name], m.filter(ok), matched=counts["matched"], deduplicated=counts["deduplicated"])
+        sel.suppressed, sel.capped = dict(counts["suppressed"]), counts["capped"]
+        counts.update(treatment=sel.treatment, control=sel.control)
+        kept_doc["counts"] = counts
+        out.append(sel)
+        docs[name] = kept_doc
+    return out, docs
+
+
 def build(settings: Settings, d: date, names: list[str] | None = None, dry_run: bool = False) -> AudienceRun:
-    """Build (and unless ``dry_run`` publish) the declared audiences for date ``d``."""
+    """Build (and unless ``dry_run`` publish) the declared audiences for date ``d``.
+
+    ``names`` rebuilds only those audiences: the date's other published audiences keep their
+    members, take part in dedup, and the whole set is committed again as one.
+    """
     cfg = settings.audiences
     book = load_audiences(settings.audiences_file, list(settings.tasks))
     specs = book.ordered(names)
+    day = d.isoformat()
     lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
+    exports = open_store(settings.export_uri, settings.s3_endpoint_url)
+    check_paths(lake, exports, day, [s.name for s in specs])
     SnapshotStore(lake).require_fresh(d, settings.scoring.max_staleness_days, "audiences")
-    tasks = sorted({s.task for s in specs} | {t for t in settings.tasks if f"{t}_" in " ".join(s.rule for s in specs)})
-    cands, scores = candidates(settings, lake, d, tasks)
-    sel = select_all(cands, specs, d, cfg.frequency_cap, cfg.control_fraction)
+    consent = latest_consent(lake)
+    kept, kept_docs = kept_selections(lake, book, day, names, consent)
+    all_specs = specs + [k.spec for k in kept]
+    rules = " ".join(s.rule for s in all_specs)
+    tasks = sorted({s.task for s in all_specs} | {t for t in settings.tasks if f"{t}_" in rules})
+    cands, scores = candidates(settings, lake, d, tasks, consent)
+    taken = {c for k in kept for c in k.members[KEY].to_list()}
+    sel = select_all(cands, specs, d, cfg.frequency_cap, cfg.control_fraction, taken=taken)
     models = score_models(scores)
     reasons = add_reasons(settings, sel, cands, models)
     salt = resolve_salt(settings)
     for s in sel:
         s.members = s.members.with_columns(pseudonymize(s.members[KEY], salt))
-    run = AudienceRun(d, sel, models=models, dry_run=dry_run)
+    ordered = sorted(sel + kept, key=lambda s: (s.spec.priority, s.spec.name))
+    run = AudienceRun(d, ordered, models=models, dry_run=dry_run, kept=kept_docs)
     dims = [c for c in ("country", "lifecycle_stage", "gender", "age_band") if c in cands.columns]
-    for s in sel:
+    for s in run.selections:
         base = cands.filter(pl.col(f"{s.spec.task}_score").is_not_null()).select(KEY, *dims)
         run.compositions.append(
             compare(
@@ -205,12 +267,14 @@ def build(settings: Settings, d: date, names: list[str] | None = None, dry_run: 
         for w in comp.warnings:
             log.warning("composition: %s", w)
     if not dry_run:
-        publish(settings, lake, run, book, scores, reasons)
+        publish(settings, lake, exports, run, book, scores, reasons)
     return run
 
 
 def manifest(run: AudienceRun, s: Selection, rule_hash: str) -> dict[str, Any]:
     """What an export is: counts, models, snapshot and rule digest (no timestamps: reruns are byte-identical)."""
+    if s.spec.name in run.kept:
+        return run.kept[s.spec.name]
     return {
         "audience": s.spec.name,
         "dt": run.date.isoformat(),
@@ -225,38 +289,46 @@ def manifest(run: AudienceRun, s: Selection, rule_hash: str) -> dict[str, Any]:
             "control": s.control,
             "capped": s.capped,
             "suppressed": dict(s.suppressed),
+            "revoked": 0,
         },
         "channels": dict(
             sorted(Counter(s.members.filter(pl.col("group") == "treatment")["channel"].to_list()).items())
         ),
-        "models": run.models,
+        "models": {s.spec.task: run.models[s.spec.task]},
     }
 
 
 def publish(
     settings: Settings,
     lake: Lake,
+    exports: Store,
     run: AudienceRun,
-    book: Any,
+    book: AudienceBook,
     scores: dict[str, pl.DataFrame],
     reasons: dict[str, pl.DataFrame],
 ) -> None:
+    """Scores with reason codes, then the date's whole audience set (:mod:`.sets`), then reports."""
     day = run.date.isoformat()
-    store = open_store(settings.export_uri, settings.s3_endpoint_url)
     for task, table in reasons.items():  # the day's scores again, with the members' reason codes
         m = run.models[task]
         publish_frame(
             lake, task, day, with_reasons(scores[task], table), m["model_name"], m["model_version"], m["run_id"]
         )
+    parts = []
     for s in run.selections:
-        doc = manifest(run, s, book.rule_hash(s.spec))
-        lake.write_partition(ZONE, "", {"audience": s.spec.name, "dt": day}, s.members.to_arrow(), doc)
         treated = s.members.filter(pl.col("group") == "treatment").sort("rank")
-        run.exports[s.spec.name] = publish_export(store, s.spec.name, day, csv_bytes(treated), doc)
+        parts.append(
+            AudienceFiles(s.spec.name, s.members, csv_bytes(treated), manifest(run, s, book.rule_hash(s.spec)))
+        )
     crm = settings.crm_db_url
+    deliver = None
     if crm:
         treated = pl.concat([s.members.filter(pl.col("group") == "treatment") for s in run.selections])
-        write_crm(crm, day, treated, [s.spec.name for s in run.selections])
+
+        def deliver() -> None:
+            write_crm(crm, day, treated)
+
+    run.exports = publish_set(lake, exports, day, parts, deliver)
     lake.store.put_text(
         f"reports/audiences/dt={day}/composition.md", markdown(run.compositions, f"Audience composition {day}")
     )
@@ -264,11 +336,12 @@ def publish(
 
 
 def read_members(settings: Settings, audience: str, d: date) -> pl.DataFrame:
+    """One audience's members (control included) from the date's committed set."""
     lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
-    m = _read(lake, ZONE, {"audience": audience, "dt": d.isoformat()})
-    if m is None:
+    m = read_set_members(lake, d.isoformat())
+    if m is None or audience not in m["audience"].unique().to_list():
         raise RequestError(f"audience {audience!r} at dt={d} is not published")
-    return m
+    return m.filter(pl.col("audience") == audience)
 
 
 __all__ = ["AudienceRun", "build", "read_members"]

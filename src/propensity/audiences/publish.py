@@ -1,10 +1,6 @@
-"""Publishing an audience: lake Parquet, pseudonymous CSV export, manifest last, CRM table.
+"""What an audience becomes outside the lake: pseudonymous ids, the CSV export, the CRM table.
 
-Atomicity follows the lake's rule: data files are content-addressed (the digest is in
-the name) and written first, the manifest that names them is written last, and files no
-manifest names are removed afterwards. An interrupted run therefore leaves the previous
-export (or nothing) visible, never a half-written one, and a rerun on the same inputs
-writes byte-identical files.
+How a date's files are written and committed as one set is :mod:`.sets`.
 """
 
 from __future__ import annotations
@@ -12,21 +8,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
 import secrets
 from datetime import date
-from typing import Any
 
 import polars as pl
 
 from propensity.config import Settings
 from propensity.scoring import REASON_COLUMNS
-from propensity.storage import Store
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 EXPORT_COLUMNS = ["pseudo_id", "channel", "offer", "score", *REASON_COLUMNS]
 
 
@@ -67,30 +59,9 @@ def csv_bytes(members: pl.DataFrame) -> bytes:
     return buf.getvalue().encode()
 
 
-def export_prefix(audience: str, day: str) -> str:
-    return f"audience={audience}/dt={day}"
-
-
-def publish_export(store: Store, audience: str, day: str, data: bytes, manifest: dict[str, Any]) -> str:
-    """Write the CSV (content-addressed), then the manifest naming it, then drop stale files."""
-    base = export_prefix(audience, day)
-    digest = hashlib.sha256(data).hexdigest()
-    name = f"{audience}_{day}_{digest[:12]}.csv"
-    store.put_bytes(f"{base}/{name}", data)
-    doc = {**manifest, "file": name, "sha256": digest, "bytes": len(data)}
-    store.put_text(f"{base}/{MANIFEST}", json.dumps(doc, indent=2, sort_keys=True, default=str))
-    keep = {f"{base}/{name}", f"{base}/{MANIFEST}"}
-    store.delete([k for k in store.list(base + "/") if k not in keep])
-    return f"{store.uri}/{base}/{name}"
-
-
-def read_export_manifest(store: Store, audience: str, day: str) -> dict[str, Any] | None:
-    key = f"{export_prefix(audience, day)}/{MANIFEST}"
-    return json.loads(store.get_text(key)) if store.exists(key) else None
-
-
-def write_crm(url: str, day: str, members: pl.DataFrame, audiences: list[str]) -> int:
-    """Replace the date's rows of ``audiences`` in ``audience_members`` (treatment only), in one transaction.
+def write_crm(url: str, day: str, members: pl.DataFrame) -> int:
+    """Replace the date's rows in ``audience_members`` with ``members`` (treatment only), in one
+    transaction: the CRM holds the date's whole set, like the exports.
 
     The CRM lives inside the shop, so next to the pseudonymous id it gets the customer id
     it needs to send.
@@ -115,7 +86,7 @@ def write_crm(url: str, day: str, members: pl.DataFrame, audiences: list[str]) -
         meta.create_all(engine, checkfirst=True)
         rows = members.select(table.columns.keys()).to_dicts()
         with engine.begin() as conn:
-            conn.execute(table.delete().where(table.c.dt == date.fromisoformat(day), table.c.audience.in_(audiences)))
+            conn.execute(table.delete().where(table.c.dt == date.fromisoformat(day)))
             if rows:
                 conn.execute(table.insert(), rows)
     finally:

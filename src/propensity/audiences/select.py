@@ -178,9 +178,13 @@ def select_all(
     d: date,
     cap: int,
     control_fraction: float,
+    taken: set[str] | None = None,
 ) -> list[Selection]:
-    """Every audience in priority order; earlier audiences take their members (control included) first."""
-    taken: set[str] = set()
+    """Every audience in priority order; earlier audiences take their members (control included) first.
+
+    ``taken``: customers already in another audience of the date (a partial run's carried-over ones).
+    """
+    taken = set(taken or ())
     out = []
     for spec in specs:
         sel = select_one(candidates, spec, d, taken, cap, control_fraction)
