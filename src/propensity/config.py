@@ -9,10 +9,16 @@ and a production deployment only swaps URIs.
 
 from __future__ import annotations
 
+import difflib
 import os
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
+import yaml
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -21,10 +27,117 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from propensity.errors import RequestError
+
 CONFIG_ENV = "PROPENSITY_CONFIG"
 #: the project's conf/ (audience declarations, promotion calendar): the defaults of ``audiences.file``
 #: and ``calendar.promotions``
 PROJECT_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+class ConfigError(RequestError):
+    """A configuration file (settings or audience YAML) that cannot be read as written: the
+    message names the file and the key, so a typo never silently leaves a default in force."""
+
+
+# --------------------------------------------------------------------------- unknown YAML keys
+
+
+@dataclass(frozen=True)
+class UnknownKey:
+    """A key a YAML document has but the model at that place does not declare."""
+
+    path: tuple[str | int, ...]  # from the document root to the key, list positions as ints
+    known: tuple[str, ...]  # the keys allowed where it sits
+
+    @property
+    def key(self) -> str:
+        return str(self.path[-1])
+
+    def hint(self) -> str:
+        """``did you mean 'x'?`` for a near miss, else the keys allowed at that level."""
+        close = difflib.get_close_matches(self.key.lower(), self.known, n=1, cutoff=0.6)
+        return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(self.known)}"
+
+
+def dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def unknown_keys(
+    model: type[BaseModel], data: Any, path: tuple[str | int, ...] = (), *, fold_case: bool = False
+) -> Iterator[UnknownKey]:
+    """Keys of ``data`` (a parsed YAML mapping) that ``model`` does not declare, at any depth.
+
+    Why a walk instead of ``extra="forbid"`` on the models: the settings models are also
+    filled from ``PROPENSITY_<MODEL>__<FIELD>`` environment variables, a namespace other
+    tools share, and must keep ignoring what they do not know there; only what an operator
+    wrote in a file is held to the declared keys. It follows the field annotations through
+    nested models, ``X | None``, ``dict[str, Model]`` and ``list[Model]``. ``fold_case``
+    matches keys case-insensitively, as pydantic-settings does for the top level.
+    """
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    by_key = {name.lower(): name for name in fields} if fold_case else {name: name for name in fields}
+    for key, value in data.items():
+        name = by_key.get(str(key).lower() if fold_case else key)
+        if name is None:
+            yield UnknownKey((*path, key), tuple(fields))
+        else:
+            yield from _unknown_inside(fields[name].annotation, value, (*path, key))
+
+
+def _unknown_inside(annotation: Any, value: Any, path: tuple[str | int, ...]) -> Iterator[UnknownKey]:
+    """Descend into the models an annotation holds (directly, optionally, as dict values or list items)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield from unknown_keys(annotation, value, path)
+        return
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            yield from _unknown_inside(arg, value, path)
+    elif origin is dict and len(args) == 2 and isinstance(value, dict):
+        for key, item in value.items():
+            yield from _unknown_inside(args[1], item, (*path, key))
+    elif origin is list and args and isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _unknown_inside(args[0], item, (*path, i))
+
+
+def read_yaml_mapping(path: Path | Traversable, what: str) -> dict[str, Any]:
+    """Parse a YAML file that must hold a mapping (empty: ``{}``); every failure is one line naming the file."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML: {exc.problem or exc.context}{where}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: {what} must be a mapping of keys to values, not a {type(doc).__name__}")
+    return doc
+
+
+class StrictYamlSource(YamlConfigSettingsSource):
+    """The settings YAML, refused when it has a key :class:`Settings` does not declare.
+
+    Environment variables and keyword arguments are not checked (see :func:`unknown_keys`).
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], yaml_file: Path) -> None:
+        self._model = settings_cls  # the base class reads the file before it stores settings_cls
+        super().__init__(settings_cls, yaml_file=yaml_file)
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        doc = read_yaml_mapping(file_path, "settings")
+        unknown = next(unknown_keys(self._model, doc, fold_case=True), None)
+        if unknown is not None:
+            raise ConfigError(f"{file_path}: unknown key {dotted(unknown.path)!r} ({unknown.hint()})")
+        return doc
 
 
 class DirtConfig(BaseModel):
@@ -187,6 +300,11 @@ class FeatureConfig(BaseModel):
         "held out of the training snapshots (more recent training data for short histories)",
     )
     shards: int = Field(1, ge=1, description="customer hash shards for feature building (one mapped Airflow task each)")
+    allow_gaps: bool = Field(
+        False,
+        description="build snapshots over days with no clean partition (a shop really closed); "
+        "by default a missing day is an error, since a snapshot without it misses those customers",
+    )
 
 
 class CalendarConfig(BaseModel):
@@ -338,7 +456,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get(CONFIG_ENV)
         if config_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(config_file)))
+            sources.append(StrictYamlSource(settings_cls, yaml_file=Path(config_file)))
         return tuple(sources)
 
     # Derived locations -------------------------------------------------------------

@@ -2,33 +2,59 @@
 
 The YAML is the contract marketers read, so every field is checked up front and a bad
 rule fails with the audience's name and the offending column, before any data is read.
+Every error is one line naming the file and the audience: an unknown key (a typo such as
+``controlfraction`` would otherwise drop the control group the marketer asked for), a bad
+value, or a name that cannot become a lake partition, an export folder and a CRM key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections import defaultdict
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
-import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from propensity.config import ConfigError, dotted, read_yaml_mapping, unknown_keys
 from propensity.errors import RequestError
 
 CHANNELS = ("email", "sms", "push")
 CONSENT_COLUMN = {c: f"{c}_consent" for c in CHANNELS}
+#: the CRM table's ``audience_members.audience`` and ``offer`` columns are VARCHAR(64)
+MAX_NAME_LENGTH = 64
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]*")
+SHOWN_NAME = 40  # characters of a bad name quoted in an error message
 
 
-class Offer(BaseModel):
-    code: str
+def check_name(name: str) -> str:
+    """An audience name, or ValueError: it becomes a lake partition (``audience=<name>``), an
+    export folder and the CRM key, so anything a path or the CRM column cannot hold is refused
+    at load time, before any partition is published."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"is {len(name)} characters long; at most {MAX_NAME_LENGTH} (the CRM's audience column)")
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"only lower-case letters, digits and '-' (not first) are allowed, got {name!r}")
+    return name
+
+
+class _Strict(BaseModel):
+    """Audience YAML models refuse undeclared keys (``load_audiences`` names them first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Offer(_Strict):
+    code: str = Field(..., max_length=MAX_NAME_LENGTH)
     description: str = ""
     cost: float = Field(0.0, ge=0, description="cost per treated customer, in the base currency")
 
 
-class AudienceSpec(BaseModel):
-    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9-]*$")
+class AudienceSpec(_Strict):
+    name: str
     description: str = ""
     priority: int
     task: str
@@ -43,6 +69,11 @@ class AudienceSpec(BaseModel):
     offer: Offer
     exclude_purchased_days: int | None = Field(None, ge=1)
     control_fraction: float | None = Field(None, ge=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
 
     @field_validator("channels")
     @classmethod
@@ -73,7 +104,7 @@ class AudienceSpec(BaseModel):
         return int(self.budget // self.offer.cost)
 
 
-class AudienceBook(BaseModel):
+class AudienceBook(_Strict):
     audiences: list[AudienceSpec]
 
     @model_validator(mode="after")
@@ -98,15 +129,69 @@ class AudienceBook(BaseModel):
         return hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _audience_label(doc: dict[str, Any], index: int) -> str:
+    """``audience 'win-back'``; by position (and a shortened name) when the name itself is bad."""
+    entries = doc.get("audiences")
+    entry = entries[index] if isinstance(entries, list) and index < len(entries) else None
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if isinstance(name, str) and len(name) <= MAX_NAME_LENGTH and NAME_PATTERN.fullmatch(name):
+        return f"audience {name!r}"
+    if name is None:
+        return f"audience #{index + 1}"
+    shown = name[:SHOWN_NAME] + "..." if isinstance(name, str) and len(name) > SHOWN_NAME else name
+    return f"audience #{index + 1} ({shown!r})"
+
+
+def _split(doc: dict[str, Any], loc: tuple[str | int, ...]) -> tuple[str, tuple[str | int, ...]]:
+    """(the audience a location is in, or '' above them; the location inside it)."""
+    if len(loc) >= 2 and loc[0] == "audiences" and isinstance(loc[1], int):
+        return _audience_label(doc, loc[1]), loc[2:]
+    return "", loc
+
+
+def _one_line(path: Path, problems: list[tuple[str, str]]) -> str:
+    """``<file>: audience 'a': p1; p2; audience 'b': p3``: grouped by audience, in document order."""
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for where, problem in problems:
+        grouped[where].append(" ".join(problem.split()))
+    parts = [f"{where}: {'; '.join(ps)}" if where else "; ".join(ps) for where, ps in grouped.items()]
+    return f"{path}: {'; '.join(parts)}"
+
+
+def _unknown_key_problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    problems = []
+    for unknown in unknown_keys(AudienceBook, doc):
+        where, inside = _split(doc, unknown.path)
+        problems.append((where, f"unknown key {dotted(inside)!r} ({unknown.hint()})"))
+    return problems
+
+
+def _validation_problems(doc: dict[str, Any], exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        where, inside = _split(doc, tuple(err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        problems.append((where, f"{dotted(inside)}: {message}" if inside else message))
+    return problems
+
+
 def load_audiences(path: Path, tasks: list[str] | None = None) -> AudienceBook:
+    """Read and check the audience declarations; any problem is one :class:`ConfigError` line."""
     if not path.is_file():
         raise FileNotFoundError(f"audience declarations not found: {path} (set audiences.file)")
+    doc = read_yaml_mapping(path, "audience declarations")
+    unknown = _unknown_key_problems(doc)
+    if unknown:
+        raise ConfigError(_one_line(path, unknown))
     try:
-        book = AudienceBook.model_validate(yaml.safe_load(path.read_text()))
+        book = AudienceBook.model_validate(doc)
     except ValidationError as exc:
-        raise RequestError(f"{path}: invalid audience declarations:\n{exc}") from exc
+        raise ConfigError(_one_line(path, _validation_problems(doc, exc))) from None
     for a in book.audiences:
-        a.expr()
+        try:
+            a.expr()
+        except ValueError as exc:
+            raise ConfigError(_one_line(path, [("", str(exc))])) from None
         if tasks is not None and a.task not in tasks:
-            raise RequestError(f"{path}: audience {a.name!r}: task {a.task!r} is not configured ({tasks})")
+            raise ConfigError(f"{path}: audience {a.name!r}: task {a.task!r} is not configured ({tasks})")
     return book

@@ -33,9 +33,11 @@ from propensity.importers.orders import (
     ImportDataError,
     ImportReport,
     build_customers,
+    check_csv,
     list_prices,
     load_and_report,
     most_frequent,
+    no_customers,
     normalize_ids,
     parse_numbers,
     parse_times,
@@ -68,6 +70,9 @@ def import_online_retail(path: str | Path, db: ShopDB, *, tz: str = "UTC") -> Im
     """
     t0 = time.perf_counter()
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Online Retail file not found: {path}")
+    check_csv(path)
     try:
         raw = pd.read_csv(
             path,
@@ -91,6 +96,8 @@ def import_online_retail(path: str | Path, db: ShopDB, *, tz: str = "UTC") -> Im
 
     customer = normalize_ids(raw["CustomerID"])
     keep = customer.notna()
+    if not keep.any():
+        raise no_customers(path, lines_in, "CustomerID")
     dropped = int((~keep).sum())
     raw, customer, rows = raw[keep], customer[keep], rows[keep]
 

@@ -35,12 +35,19 @@ Decisions (documented here because the export does not carry them):
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
+import lzma
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +63,19 @@ __all__ = ["CANONICAL", "OPTIONAL", "REQUIRED", "ImportDataError", "ImportReport
 REQUIRED: tuple[str, ...] = ("customer_id", "order_id", "order_time", "amount")
 OPTIONAL: tuple[str, ...] = ("quantity", "product_id", "category", "country", "currency", "status")
 CANONICAL: tuple[str, ...] = REQUIRED + OPTIONAL
+
+
+@contextmanager
+def _open_zip(path: Path, mode: str = "rb") -> Iterator[IO[bytes]]:
+    """The archive's first member, the one file pandas reads from a zipped CSV."""
+    with zipfile.ZipFile(path) as archive, archive.open(archive.namelist()[0]) as fh:
+        yield fh
+
+
+# Compressions pandas infers from the file name that the CSV shape check reads too; it
+# refuses the others pandas knows (.zst, .tar) rather than read compressed bytes as text.
+OPENERS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zip": _open_zip}
+UNREADABLE = (".zst", ".tar", ".tgz")
 
 # Tables an import writes, in load order (parents first). Every other OLTP table is emptied.
 IMPORT_TABLES: tuple[str, ...] = ("customers", "products", "orders", "order_items")
@@ -118,6 +138,73 @@ class ImportReport:
 
 
 # --------------------------------------------------------------------------- parsing helpers
+
+
+def _csv_lines(path: Path) -> Iterator[str]:
+    """The file's lines decoded one at a time, so a byte that is not UTF-8 is reported with its line.
+
+    pandas decodes in blocks and reports a byte position inside a block, which no one can
+    find in the file. ``\\n`` never occurs inside a multi-byte UTF-8 sequence, so splitting
+    the bytes on it first is safe. A UTF-8 byte-order mark is accepted, as pandas does.
+    """
+    suffix = path.suffix.lower()
+    if suffix in UNREADABLE or path.name.lower().endswith(".tar.gz"):
+        raise ImportDataError(f"{path}: cannot check a {suffix} file; use CSV, or CSV in .gz, .bz2, .xz or .zip")
+    opener = OPENERS.get(suffix, open)
+    with opener(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                at = len(raw[: exc.start].decode("utf-8", errors="replace")) + 1
+                row = f" (data row {number - 1})" if number > 1 else " (the header)"
+                raise ImportDataError(
+                    f"{path}: line {number}{row} is not UTF-8: byte 0x{raw[exc.start]:02x} at character {at}; "
+                    "save the file as UTF-8"
+                ) from None
+
+
+def check_csv(path: Path, sep: str = ",") -> int:
+    """Number of data rows of a CSV export, after refusing what pandas would silently misread.
+
+    A row with more fields than the header is refused: pandas takes an unquoted decimal
+    comma (``12,50``) or thousands separator (``1,234.56``) for an extra column, so it
+    imports 12.0 or 1.0, or shifts the first row onto an index column. A file with a
+    header and no rows, or no header, is refused with a line instead of crashing later.
+    Rows are counted as pandas counts them (blank lines skipped, quoted fields may span
+    lines), so ``data row`` agrees with the other errors; ``line`` is where the row ends.
+    """
+    reader = csv.reader(_csv_lines(path), delimiter=sep)
+    width = rows = 0
+    try:
+        for record in reader:
+            if not record:
+                continue
+            if not width:
+                width = len(record)
+                continue
+            rows += 1
+            if len(record) > width:
+                raise ImportDataError(
+                    f"{path}: data row {rows} (line {reader.line_num}) has {len(record)} fields but the header "
+                    f'has {width}; quote a field that holds the separator, e.g. "12,50"'
+                )
+    except csv.Error as exc:
+        raise ImportDataError(f"{path}: line {reader.line_num}: cannot parse as CSV: {exc}") from None
+    if not width:
+        raise ImportDataError(f"{path}: empty file: no header and no data rows")
+    if not rows:
+        raise no_rows(path)
+    return rows
+
+
+def no_rows(path: Path) -> ImportDataError:
+    """Why an error and not an empty import: replacing a shop with nothing is never what an export meant."""
+    return ImportDataError(f"{path}: has a header but no data rows")
+
+
+def no_customers(path: Path, rows: int, column: str) -> ImportDataError:
+    return ImportDataError(f"{path}: none of the {rows:,} data rows has a customer id (column {column!r})")
 
 
 def _row_error(path: str | Path, column: str, what: str, bad: pd.Series, row_numbers: pd.Series) -> None:
@@ -348,17 +435,26 @@ def load_and_report(
 # --------------------------------------------------------------------------- generic import
 
 
-def _read(path: Path, columns: Iterable[str] | None = None) -> pd.DataFrame:
+def _is_parquet(path: Path) -> bool:
+    """Parquet by name, or by magic bytes when the name says neither Parquet nor CSV."""
     name = path.name.lower()
-    is_parquet = name.endswith((".parquet", ".pq", ".parq"))
-    if not is_parquet and not name.endswith((".csv", ".csv.gz", ".gz", ".txt", ".tsv")):
-        with open(path, "rb") as fh:
-            is_parquet = fh.read(4) == b"PAR1"
+    if name.endswith((".parquet", ".pq", ".parq")):
+        return True
+    if name.endswith((".csv", ".csv.gz", ".gz", ".txt", ".tsv")):
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PAR1"
+
+
+def _sep(path: Path) -> str:
+    return "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
+
+
+def _read(path: Path, columns: Iterable[str] | None = None) -> pd.DataFrame:
     try:
-        if is_parquet:
+        if _is_parquet(path):
             return pd.read_parquet(path, columns=list(columns) if columns is not None else None)
-        sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-        return pd.read_csv(path, sep=sep, dtype="str", keep_default_na=False, na_values=[""], usecols=columns)
+        return pd.read_csv(path, sep=_sep(path), dtype="str", keep_default_na=False, na_values=[""], usecols=columns)
     except FileNotFoundError:
         raise
     except Exception as exc:
@@ -366,19 +462,12 @@ def _read(path: Path, columns: Iterable[str] | None = None) -> pd.DataFrame:
 
 
 def _header(path: Path) -> list[str]:
-    name = path.name.lower()
-    if name.endswith((".parquet", ".pq", ".parq")):
+    if _is_parquet(path):
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(path).names)
-    with open(path, "rb") as fh:
-        if fh.read(4) == b"PAR1":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
     try:
-        sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-        return list(pd.read_csv(path, sep=sep, dtype="str", nrows=0).columns)
+        return list(pd.read_csv(path, sep=_sep(path), dtype="str", nrows=0).columns)
     except Exception as exc:
         raise ImportDataError(f"{path}: cannot read header: {exc}") from exc
 
@@ -451,9 +540,15 @@ def import_orders(
     default_country = country_code(country)
     if default_country is None or default_country not in ISO_COUNTRIES:
         raise ValueError(f"country argument {country!r} is not a known country")
+    if not path.is_file():
+        raise FileNotFoundError(f"import file not found: {path}")
+    if not _is_parquet(path):
+        check_csv(path, _sep(path))
     cols = resolve_mapping(path, _header(path), mapping)
     raw = _read(path, columns=sorted(set(cols.values())))
     lines_in = len(raw)
+    if not lines_in:
+        raise no_rows(path)
     rows = pd.Series(np.arange(1, lines_in + 1), index=raw.index)
 
     def label(canon: str) -> str:
@@ -462,6 +557,8 @@ def import_orders(
 
     customer = normalize_ids(raw[cols["customer_id"]])
     keep = customer.notna()
+    if not keep.any():
+        raise no_customers(path, lines_in, cols["customer_id"])
     dropped = int((~keep).sum())
     raw, customer, rows = raw[keep], customer[keep], rows[keep]
 

@@ -97,5 +97,9 @@ def read_fx(store: Store, day: date) -> pa.Table:
     key = fx_key(day)
     if not store.exists(key):
         return FX_RATES.empty()
-    df = pl.read_csv(io.BytesIO(store.get_bytes(key)), schema_overrides={"date": pl.String, "rate": pl.Float64})
-    return _from_text(FX_RATES, df, f"{store.uri}/{key}")
+    where = f"{store.uri}/{key}"
+    try:
+        df = pl.read_csv(io.BytesIO(store.get_bytes(key)), schema_overrides={"date": pl.String, "rate": pl.Float64})
+    except pl.exceptions.PolarsError as exc:  # extra fields (a decimal comma), bytes that are not UTF-8
+        raise ValueError(f"{where}: cannot read fx_rates CSV: {' '.join(str(exc).split())}") from exc
+    return _from_text(FX_RATES, df, where)
