@@ -863,7 +863,7 @@ def _check_exports(it: Integration, settings: Settings, catch_up: set[str]) -> N
         csv = it.s3.get_object(Bucket=BUCKETS["exports"], Key=key)["Body"].read()
         assert csv.decode().count("\n") - 1 == counts["treatment"], (name, counts)
         assert counts["treatment"] + counts["control"] == sum(
-            f["rows"] for f in lake_set["files"] if f["name"].startswith(f"audience={name}/")
+            f["rows"] for f in lake_set["files"] if f["name"].startswith(f"audience={name}.")
         ), (name, lake_set, counts)
         treatment[name] = counts["treatment"]
     assert sum(treatment.values()) > 0, treatment

@@ -5,16 +5,17 @@ date must never show the new cross-sell beside yesterday's win-back. The lake an
 export store each get **one** manifest per date, written after every data file of every
 audience of that date:
 
-* lake: ``audiences/dt=D/audience=<name>/part-*.parquet`` and ``audiences/dt=D/_manifest.json``
-  (a normal lake partition whose manifest lists files one folder down, so
-  :meth:`Lake.read_partition` reads and verifies the whole set);
+* lake: ``audiences/dt=D/audience=<name>.<sha>.parquet`` and ``audiences/dt=D/_manifest.json``
+  (a normal lake partition, so :meth:`Lake.read_partition` reads and verifies the whole set);
 * exports: ``dt=D/audience=<name>/<name>_<D>_<sha>.csv`` and ``dt=D/manifest.json``.
 
 Data files are content-addressed, so writing the new set never touches the files the old
 manifests name; files no manifest names are removed only after both commits. A crash at
 any write therefore leaves each store showing the old set or the new one, and a rerun on
-the same inputs converges both (and the CRM table) byte for byte. Both manifests carry
-the same ``set_id`` so a reader can check that lake and exports agree.
+the same inputs converges both (and the CRM table, one transaction per date) byte for
+byte. Two stores cannot share one atomic write, so each has its own commit, in a fixed
+order (:func:`publish_set`); both manifests carry the same ``set_id`` so a reader can
+check that lake and exports agree.
 
 Names and paths are checked before the first write, so an audience whose export path
 does not fit the file system fails with nothing written.
@@ -68,7 +69,10 @@ def check_paths(lake: Lake, exports: Store, day: str, names: list[str]) -> None:
     """Refuse, before any write, names whose lake or export paths the store cannot hold."""
     for name in names:
         probe = csv_name(name, day, b"")
-        for store, key in ((exports, f"{export_base(day)}/{probe}"), (lake.store, f"{lake_base(day)}/audience={name}")):
+        for store, key in (
+            (exports, f"{export_base(day)}/{probe}"),
+            (lake.store, f"{lake_base(day)}/audience={name}.{'0' * 12}.parquet"),
+        ):
             problem = path_problem(store, key)
             if problem:
                 raise RequestError(f"audience {name!r}: export path {key!r} {problem}; shorten the audience name")
@@ -117,7 +121,12 @@ def publish_set(
     parts: list[AudienceFiles],
     deliver: Callable[[], None] | None = None,
 ) -> dict[str, str]:
-    """Write every audience of ``day``, run ``deliver`` (the CRM transaction), commit, clean up.
+    """Write every audience of ``day``; commit the lake; ``deliver`` (the CRM transaction); commit
+    the exports; clean up.
+
+    The lake is the record of what was sent (the frequency cap and measurement read it), so
+    it commits first: a crash between the commits leaves the lake ahead of the exports,
+    which can only over-suppress, never contact someone twice unrecorded.
 
     Returns the export URI of each audience's CSV.
     """
@@ -128,7 +137,7 @@ def publish_set(
     for p in parts:
         payload = parquet_bytes(p.members.to_arrow())
         digest = hashlib.sha256(payload).hexdigest()
-        name = f"audience={p.name}/part-00000-{digest[:12]}.parquet"
+        name = f"audience={p.name}.{digest[:12]}.parquet"  # names hold no dots: unambiguous
         lake.store.put_bytes(f"{lbase}/{name}", payload)
         lake_files.append({"name": name, "rows": p.members.height, "bytes": len(payload), "sha256": digest})
         cname = csv_name(p.name, day, p.csv)
@@ -140,10 +149,7 @@ def publish_set(
             "bytes": len(p.csv),
         }
         uris[p.name] = f"{exports.uri}/{ebase}/{cname}"
-    if deliver is not None:
-        deliver()
     common = {"dt": day, "set_id": sid, "audiences": sorted(export_entries)}
-    exports.put_text(f"{ebase}/{EXPORT_MANIFEST}", _dump({**common, "exports": export_entries}))
     lake_doc = {
         **common,
         "zone": ZONE,
@@ -154,6 +160,9 @@ def publish_set(
         "manifests": {p.name: p.doc for p in parts},
     }
     lake.store.put_text(f"{lbase}/{LAKE_MANIFEST}", _dump(lake_doc))
+    if deliver is not None:
+        deliver()
+    exports.put_text(f"{ebase}/{EXPORT_MANIFEST}", _dump({**common, "exports": export_entries}))
     _remove_unlisted(lake.store, lbase, {f["name"] for f in lake_files} | {LAKE_MANIFEST})
     _remove_unlisted(exports, ebase, {e["file"] for e in export_entries.values()} | {EXPORT_MANIFEST})
     return uris
