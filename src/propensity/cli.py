@@ -15,7 +15,7 @@ from pathlib import Path
 
 from propensity import pipeline
 from propensity.config import Settings, load_settings
-from propensity.errors import FinalError
+from propensity.errors import FinalError, StoreError
 from propensity.pipeline import STAGES
 
 
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(getattr(args, "config", None))
         return COMMANDS[args.command](settings, args)
-    except (FinalError, ValueError, FileNotFoundError, KeyError) as exc:
+    except (FinalError, StoreError, ValueError, FileNotFoundError, KeyError) as exc:
         print(f"propensity {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

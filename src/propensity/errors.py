@@ -38,3 +38,9 @@ class DataQualityError(FinalError):
 class LakeIntegrityError(DataQualityError):
     """What is stored does not match what its manifest committed (row count, size, digest, or an
     unreadable manifest or data file): reading on would act on data nobody wrote."""
+
+
+class StoreError(OSError):
+    """An object-store call that still failed after its retries: the store is down or unreachable,
+    or it refused the request (a missing bucket, denied access). Not a verdict: Airflow retries
+    the task, and the command line prints this one line instead of a traceback."""
