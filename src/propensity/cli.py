@@ -267,6 +267,9 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
 }
 
 
+ALLOW_GAPS_HELP = "build over days with no clean partition, for a shop really closed (features.allow_gaps)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's defaults must not overwrite what was given before the subcommand
@@ -311,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     fea.add_argument("--tasks", nargs="+")
     fea.add_argument("--shard", type=int, help="build only this customer hash shard (parked for the merge)")
     fea.add_argument("--shards", type=int, help="number of shards (default: features.shards)")
+    fea.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
 
     tr = sub.add_parser("train", parents=[common], help="train, evaluate, register and gate the models")
     tr.add_argument("--tasks", nargs="+")
@@ -348,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", nargs="+")
     run.add_argument("--report", help="with --through train: write the JSON report here")
     run.add_argument("--dry-run", action="store_true", help="with --through audiences: publish no audience")
+    run.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
     return p
 
 
@@ -361,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.end = args.start
     try:
         settings = load_settings(getattr(args, "config", None))
+        if getattr(args, "allow_gaps", False):
+            gaps = settings.features.model_copy(update={"allow_gaps": True})
+            settings = settings.model_copy(update={"features": gaps})
         return COMMANDS[args.command](settings, args)
     except (FinalError, StoreError, ValueError, FileNotFoundError, KeyError) as exc:
         print(f"propensity {args.command}: error: {exc}", file=sys.stderr)

@@ -7,6 +7,13 @@ manifest listing exactly those files, then files the manifest does not list are
 removed. Readers only read partitions that have a manifest and only the files it
 lists, so a crashed or concurrent write is never half-visible, and re-writing a
 partition with the same rows produces the same bytes.
+
+Readers also hold the store to what the manifest promised. Every file read is checked
+against its manifest entry: the size (known from opening the file, no extra request) and
+the row count (the Parquet footer, read anyway); with ``checksums`` also the sha256, which
+costs reading every byte of the file. A file swapped, truncated or deleted behind the
+manifest's back, or a manifest that is not one, raises :class:`LakeIntegrityError` naming
+the zone, table, partition and file, instead of being read as if it were what was written.
 """
 
 from __future__ import annotations
@@ -14,15 +21,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from propensity.errors import LakeIntegrityError
 from propensity.storage import Store, open_store
+
+T = TypeVar("T")
 
 MANIFEST = "_manifest.json"
 ROWS_PER_FILE = 2_000_000
@@ -31,6 +43,91 @@ ROWS_PER_FILE = 2_000_000
 def partition_path(zone: str, table: str, parts: Mapping[str, str]) -> str:
     segs = [zone, table, *(f"{k}={v}" for k, v in parts.items())]
     return "/".join(s for s in segs if s)  # zones like features/ have no table level
+
+
+def describe(zone: str, table: str, parts: Mapping[str, str], file: str) -> str:
+    """Where a lake object is, in words an operator can search for (zones like features/ have no table)."""
+    partition = "/".join(f"{k}={v}" for k, v in parts.items())
+    names = [f"lake zone {zone}", f"table {table}" if table else "", f"partition {partition}", f"file {file}"]
+    return ", ".join(n for n in names if n)
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def manifest_problem(doc: Any) -> str | None:
+    """What makes ``doc`` not a manifest a reader can trust, or None.
+
+    Readers take a file list, sizes and row counts from a manifest; a document without them
+    (or naming files outside its partition) would otherwise surface later as a KeyError.
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
+        return "not a manifest: it has no list of files"
+    for entry in doc["files"]:
+        if not isinstance(entry, dict) or not all(_count(entry.get(k)) for k in ("rows", "bytes")):
+            return f"not a manifest: file entry {entry!r:.80} has no row count or size"
+        name = entry.get("name")
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            return f"not a manifest: file entry {entry!r:.80} does not name a file of its partition"
+    total = sum(entry["rows"] for entry in doc["files"])
+    if "row_count" in doc and doc["row_count"] != total:
+        return f"row_count {doc['row_count']!r} is not the sum of its files' rows ({total})"
+    return None
+
+
+def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
+    """A manifest's JSON, or :class:`LakeIntegrityError` naming ``where`` (never a bare codec error)."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LakeIntegrityError(f"{where}: not a readable manifest ({exc})") from None
+    problem = manifest_problem(doc)
+    if problem:
+        raise LakeIntegrityError(f"{where}: {problem}")
+    return doc
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One file a manifest lists, with what the manifest promised about it."""
+
+    where: str  #: :func:`describe` of the file
+    path: str  #: in :attr:`Store.arrow_fs`
+    rows: int
+    size: int
+    sha256: str | None
+
+    def error(self, problem: str) -> LakeIntegrityError:
+        return LakeIntegrityError(f"{self.where}: {problem}")
+
+
+# pyarrow reports a malformed footer or page as OSError (thrift), like a dropped connection;
+# only the former is a verdict on the file, the latter must stay retryable
+_CORRUPT = re.compile(r"thrift|page header|magic bytes|corrupt|out of specification|decompress|deserializ", re.I)
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    if isinstance(exc, pa.ArrowInvalid):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and bool(_CORRUPT.search(str(exc)))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: cast where the type differs, nulls where absent
+    (what a Parquet dataset read with one schema does for files written over time)."""
+    if table.schema.equals(schema):
+        return table
+    cols = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -49,7 +146,11 @@ def table_hash(table: pa.Table) -> str:
 
 @dataclass
 class Lake:
+    """The zones over ``store``. With ``checksums``, reads also verify each file's sha256: it
+    catches a same-size rewrite, at the price of reading whole files even for one column."""
+
     store: Store
+    checksums: bool = False
 
     @classmethod
     def open(cls, uri: str, endpoint_url: str | None = None) -> Lake:
@@ -103,10 +204,11 @@ class Lake:
     # reading --------------------------------------------------------------------------
 
     def manifest(self, zone: str, table: str, parts: Mapping[str, str]) -> dict[str, Any] | None:
+        """The partition's manifest, None when unpublished; :class:`LakeIntegrityError` when unreadable."""
         key = f"{partition_path(zone, table, parts)}/{MANIFEST}"
         if not self.store.exists(key):
             return None
-        return json.loads(self.store.get_text(key))
+        return parse_manifest(self.store.get_bytes(key), describe(zone, table, parts, MANIFEST))
 
     def partitions(self, zone: str, table: str) -> list[dict[str, str]]:
         """Visible partitions (those with a manifest), sorted by their values."""
@@ -120,24 +222,87 @@ class Lake:
                 found.append(dict(s.split("=", 1) for s in segs))
         return sorted(found, key=lambda p: tuple(p.values()))
 
-    def files(self, zone: str, table: str, parts: Mapping[str, str]) -> list[str]:
-        """Paths (in :attr:`Store.arrow_fs`) of the files a partition's manifest lists; [] if unpublished."""
-        return self._files(zone, table, parts)
-
-    def _files(self, zone: str, table: str, parts: Mapping[str, str]) -> list[str]:
+    def data_files(self, zone: str, table: str, parts: Mapping[str, str]) -> list[DataFile]:
+        """The files a partition's manifest lists, with its promises; [] if unpublished."""
         doc = self.manifest(zone, table, parts)
         if doc is None:
             return []
         base = partition_path(zone, table, parts)
-        return [self.store.arrow_path(f"{base}/{f['name']}") for f in doc["files"]]
+        return [
+            DataFile(
+                describe(zone, table, parts, f["name"]),
+                self.store.arrow_path(f"{base}/{f['name']}"),
+                f["rows"],
+                f["bytes"],
+                f.get("sha256"),
+            )
+            for f in doc["files"]
+        ]
+
+    def read_file(
+        self,
+        f: DataFile,
+        decode: Callable[[pa.NativeFile], T],
+        height: Callable[[T], int],
+        decode_errors: tuple[type[BaseException], ...] = (),
+    ) -> T:
+        """``decode`` one file, holding it to its manifest entry: size, then (with ``checksums``)
+        sha256, then the rows decoded. ``decode_errors`` are the decoder's "not Parquet" errors
+        (Polars has its own); pyarrow's are known here. Connection errors pass through untouched."""
+        try:
+            fh = self.store.arrow_fs.open_input_file(f.path)
+        except FileNotFoundError:
+            raise f.error("missing: the manifest lists it but the store has no such file") from None
+        with fh:
+            size = fh.size()
+            if size != f.size:
+                raise f.error(f"{size:,} bytes where the manifest says {f.size:,}")
+            source: pa.NativeFile = fh
+            if self.checksums and f.sha256:
+                buf = fh.read_buffer()
+                digest = hashlib.sha256(buf).hexdigest()
+                if digest != f.sha256:
+                    raise f.error(f"sha256 {digest[:12]}... where the manifest says {f.sha256[:12]}...")
+                source = pa.BufferReader(buf)
+            try:
+                out = decode(source)
+            except Exception as exc:
+                if not (isinstance(exc, decode_errors) or _is_corrupt(exc)):
+                    raise
+                raise f.error(f"not readable as Parquet ({_first_line(exc)})") from None
+        rows = height(out)
+        if rows != f.rows:
+            raise f.error(f"{rows:,} rows where the manifest says {f.rows:,}")
+        return out
+
+    def _read_arrow(self, f: DataFile, columns: list[str] | None) -> tuple[pa.Table, pa.Schema]:
+        """One file as Arrow (the columns it has of ``columns``), with its full schema."""
+
+        def decode(source: pa.NativeFile) -> tuple[pa.Table, pa.Schema]:
+            pf = pq.ParquetFile(source)
+            schema = pf.schema_arrow
+            present = None if columns is None else [c for c in columns if c in schema.names]
+            return pf.read(columns=present), schema
+
+        return self.read_file(f, decode, lambda out: out[0].num_rows)
+
+    def _read(self, files: list[DataFile], columns: list[str] | None, schema: pa.Schema | None = None) -> pa.Table:
+        """Read and verify ``files`` a few at a time, as one table in ``schema`` (default: the first file's)."""
+        if len(files) == 1:
+            parts = [self._read_arrow(files[0], columns)]
+        else:
+            with ThreadPoolExecutor(8) as pool:
+                parts = list(pool.map(lambda f: self._read_arrow(f, columns), files))
+        target = schema or parts[0][1]
+        if columns is not None:
+            target = pa.schema([target.field(c) for c in columns])
+        return pa.concat_tables([_conform(t, target) for t, _ in parts])
 
     def read_partition(
         self, zone: str, table: str, parts: Mapping[str, str], columns: list[str] | None = None
     ) -> pa.Table | None:
-        files = self._files(zone, table, parts)
-        if not files:
-            return None
-        return pq.read_table(files, filesystem=self.store.arrow_fs, columns=columns, partitioning=None)
+        files = self.data_files(zone, table, parts)
+        return self._read(files, columns) if files else None
 
     def read_table(
         self,
@@ -152,12 +317,10 @@ class Lake:
         Returns None when nothing is visible and no ``schema`` is given, else an empty table.
         """
         chosen = list(where) if where is not None else self.partitions(zone, table)
-        files = [f for p in chosen for f in self._files(zone, table, p)]
+        files = [f for p in chosen for f in self.data_files(zone, table, p)]
         if not files:
             return schema.empty_table() if schema is not None else None
-        dataset_schema = schema or pq.read_schema(files[0], filesystem=self.store.arrow_fs)
-        dataset = pq.ParquetDataset(files, filesystem=self.store.arrow_fs, schema=dataset_schema, partitioning=None)
-        return dataset.read(columns=columns)
+        return self._read(files, columns, schema)
 
     def write_json(self, key: str, doc: Any) -> None:
         self.store.put_text(key, json.dumps(doc, indent=2, sort_keys=True, default=str))

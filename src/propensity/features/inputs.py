@@ -16,14 +16,15 @@ Any row whose timestamps are all ``>= T`` therefore cannot influence a snapshot 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 import polars as pl
 
 from propensity.contracts import contract
-from propensity.lake import Lake
+from propensity.lake import DataFile, Lake
 from propensity.zones import CLEAN
 
 TABLE_NAMES = (
@@ -93,16 +94,52 @@ def _empty(name: str) -> pl.DataFrame:
 
 
 def _read_polars(lake: Lake, zone: str, table: str, columns: list[str] | None) -> pl.DataFrame | None:
-    """Every visible file of ``table``, parsed by Polars (no Arrow copy), read a few files at a time."""
-    files = [f for p in lake.partitions(zone, table) for f in lake.files(zone, table, p)]
+    """Every visible file of ``table``, parsed by Polars (no Arrow copy), read a few files at a time,
+    each held to its manifest entry by :meth:`Lake.read_file` (so a swapped or truncated file is
+    an error naming it, not a snapshot built on other data)."""
+    files = [f for p in lake.partitions(zone, table) for f in lake.data_files(zone, table, p)]
 
-    def one(path: str) -> pl.DataFrame:
-        with lake.store.arrow_fs.open_input_file(path) as fh:
-            return pl.read_parquet(fh, columns=columns)
+    def one(f: DataFile) -> pl.DataFrame:
+        return lake.read_file(f, lambda fh: pl.read_parquet(fh, columns=columns), len, (pl.exceptions.ComputeError,))
 
     with ThreadPoolExecutor(8) as pool:
         parts = list(pool.map(one, files))
     return pl.concat(parts, how="vertical", rechunk=False) if parts else None
+
+
+def partition_days(lake: Lake, zone: str = CLEAN) -> dict[str, set[date]]:
+    """The days each table has a published partition for: manifests listed, nothing read."""
+    return {t: {date.fromisoformat(p["dt"]) for p in lake.partitions(zone, t) if "dt" in p} for t in TABLE_NAMES}
+
+
+def missing_days(days: Mapping[str, Collection[date]], until: date) -> dict[date, list[str]]:
+    """Days before ``until`` where some table has no partition, with those tables.
+
+    Collection writes a partition of every table for every day, empty or not, and the gate
+    publishes each one it passes; so inside ``[first published day, last published day]``
+    a table without a day is a day that was never validated, or a manifest lost since. A
+    snapshot built over it silently misses that day's customers, orders and events. Days
+    after the last published one are not gaps but the edge of the data (the freshness
+    guards judge that).
+    """
+    every = set().union(*days.values()) if days else set()
+    if not every:
+        return {}
+    d, end = min(every), min(until, max(every) + timedelta(days=1))
+    out: dict[date, list[str]] = {}
+    while d < end:
+        absent = [t for t, ds in days.items() if d not in ds]
+        if absent:
+            out[d] = absent
+        d += timedelta(days=1)
+    return out
+
+
+def describe_gaps(gaps: Mapping[date, list[str]], limit: int = 5) -> str:
+    """``2025-01-10 (customers), 2025-01-11 (orders, events) and 3 more day(s)``: one line however many."""
+    shown = [f"{d} ({', '.join(ts)})" for d, ts in sorted(gaps.items())[:limit]]
+    more = len(gaps) - limit
+    return ", ".join(shown) + (f" and {more} more day(s)" if more > 0 else "")
 
 
 @dataclass(frozen=True)

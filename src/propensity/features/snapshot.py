@@ -26,7 +26,7 @@ from propensity.config import Settings
 from propensity.errors import RequestError
 from propensity.features.build import compute_features
 from propensity.features.catalogue import feature_checks
-from propensity.features.inputs import USED_COLUMNS, ShopData
+from propensity.features.inputs import USED_COLUMNS, ShopData, describe_gaps, missing_days, partition_days
 from propensity.features.labels import KEY, labels, population
 from propensity.features.profiles import build_profiles
 from propensity.lake import Lake
@@ -81,6 +81,8 @@ class SnapshotBuilder:
 
     settings: Settings
     data_: ShopData | None = None
+    #: the days each clean table had published when :attr:`data` was loaded
+    days_: dict[str, set[date]] = field(default_factory=dict)
 
     @cached_property
     def lake(self) -> Lake:
@@ -95,6 +97,7 @@ class SnapshotBuilder:
     @property
     def data(self) -> ShopData:
         if self.data_ is None:
+            self.days_ = partition_days(self.lake)  # listed first: a day published meanwhile is loaded, not a gap
             self.data_ = ShopData.load(self.lake, columns=USED_COLUMNS)
         return self.data_
 
@@ -116,6 +119,33 @@ class SnapshotBuilder:
         if first is None or last is None:
             raise RequestError("the clean zone has no orders or events: run collect and validate first")
         return first.date(), last
+
+    def label_complete(self, snapshot: date, horizon_days: int) -> bool:
+        """Whether ``[snapshot, snapshot + horizon)`` is observed: labels are final only then."""
+        last = self.observed_until  # of the whole shop: label completeness must not depend on the shard
+        end = at_midnight(snapshot) + timedelta(days=horizon_days)
+        return last is not None and end <= at_midnight(last) + timedelta(days=1)
+
+    def check_window(self, snapshot: date, tasks: Iterable[str]) -> None:
+        """Refuse a snapshot whose input window has a day with no clean partition.
+
+        The window is what the snapshot reads: every day before it (features, profiles) and
+        the label windows that are complete. A missing day would not fail anything later: the
+        snapshot would just be built without it (fewer eligible customers, wrong recencies)
+        and published over a good one. ``features.allow_gaps`` (``--allow-gaps``) accepts
+        gaps for a shop that was really closed.
+        """
+        if self.settings.features.allow_gaps:
+            return
+        self.data  # noqa: B018 - loads the clean zone and lists its days together
+        horizons = [self.settings.tasks[n].horizon_days for n in tasks]
+        until = max([0, *(h for h in horizons if self.label_complete(snapshot, h))])
+        gaps = missing_days(self.days_, snapshot + timedelta(days=until))
+        if gaps:
+            raise RequestError(
+                f"snapshot {snapshot}: the clean zone has no partition for {describe_gaps(gaps)}; "
+                "validate those days, or pass --allow-gaps (features.allow_gaps: true) if the shop was closed"
+            )
 
     def plans(self, tasks: Iterable[str], as_of: date | None = None) -> dict[str, SnapshotPlan]:
         """Each task's out-of-time training plan over the clean zone (``as_of`` caps the test snapshot)."""
@@ -143,6 +173,8 @@ class SnapshotBuilder:
         """
         t0 = time.perf_counter()
         s = self.settings
+        names = list(tasks or s.tasks)
+        self.check_window(snapshot, names)
         t = at_midnight(snapshot)
         last = self.observed_until  # of the whole shop: label completeness must not depend on the shard
         data = self.data
@@ -153,11 +185,11 @@ class SnapshotBuilder:
         feats = compute_features(past, t, s.base_currency, self.promotions)
         profiles = build_profiles(feats, past, t, s.base_currency) if shard is None else pl.DataFrame()
         snap = Snapshot(snapshot, feats, profiles, observed_until=last)
-        for name in tasks or list(s.tasks):
+        for name in names:
             task = s.tasks[name]
             pop = population(past, t, task)
             horizon_end = t + timedelta(days=task.horizon_days)
-            complete = last is not None and horizon_end <= at_midnight(last) + timedelta(days=1)
+            complete = self.label_complete(snapshot, task.horizon_days)
             if complete:
                 lab = labels(pop, data.between(t, horizon_end), task)
             else:
@@ -173,6 +205,7 @@ class SnapshotBuilder:
             raise ValueError("merge needs the shards of exactly one snapshot")
         t0 = time.perf_counter()
         day = parts[0].snapshot
+        self.check_window(day, parts[0].labels)
         t = at_midnight(day)
         feats = pl.concat([p.features for p in parts], how="vertical_relaxed").sort(KEY)
         profiles = build_profiles(feats, self.data.as_of(t), t, self.settings.base_currency)

@@ -216,14 +216,34 @@ def _interval(dt: str) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+def logical_type(t: pa.DataType) -> pa.DataType:
+    """``t`` without its physical layout: 64-bit offsets (large_string, large_binary, large_list),
+    string and binary views and dictionary encoding describe how values are stored, not what they
+    are. Polars and pandas 3 write large_string; :meth:`TableContract.conform` casts each of these
+    to the contract's type losslessly (list views are left out: pyarrow cannot cast them yet)."""
+    if pa.types.is_dictionary(t):
+        return logical_type(t.value_type)
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return pa.binary()
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.list_(logical_type(t.value_type))
+    return t
+
+
 def schema_drift(tc: TableContract, schema: pa.Schema) -> tuple[list[str], list[str], list[str]]:
+    """Missing, extra and retyped columns of ``schema`` against the contract; types are compared
+    as :func:`logical_type`, so another writer's layout of the same values is not drift."""
     names = set(schema.names)
     missing = [c.name for c in tc.columns if c.name not in names]
     extra = [n for n in schema.names if n not in set(tc.names)]
     retyped = [
         f"{c.name} ({schema.field(c.name).type} instead of {c.arrow_type})"
         for c in tc.columns
-        if c.name in names and schema.field(c.name).type != c.arrow_type and schema.field(c.name).type != pa.null()
+        if c.name in names
+        and schema.field(c.name).type != pa.null()
+        and logical_type(schema.field(c.name).type) != logical_type(c.arrow_type)
     ]
     return missing, extra, retyped
 
