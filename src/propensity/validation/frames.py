@@ -1,55 +1,153 @@
-"""One-call validation of derived tables (feature snapshots, labels, scores).
+"""One-call validation of derived tables (feature snapshots, profiles, labels, scores), in Polars.
 
 Derived tables have no quarantine: a feature or score table that breaks a rule is a bug
 upstream, so any failure raises and the caller publishes nothing. Each table declares its
-rules once, e.g. scores::
+rules once, in the same vocabulary as the raw-zone gate (:mod:`.checks`), e.g. scores::
 
     SCORE_CHECKS = [not_null("customer_id"), unique(["customer_id"]), between("score", 0, 1),
                     null_rate("score", 0.0), row_count(min_value=1)]
     check_frame("scores.churn", table, SCORE_CHECKS)
+
+The checks run here as vectorised Polars expressions with great-expectations' semantics
+(column-map rules ignore nulls; uniqueness counts every copy of a duplicated value), so a
+snapshot or score shard costs its data, not GX's import and context start-up (8 s, more
+than the feature work of a 3,000-customer shop). The gate keeps GX and its Data Docs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pandas as pd
 import polars as pl
 import pyarrow as pa
 
 from propensity.errors import DataQualityError
-from propensity.validation.checks import Check
-from propensity.validation.runner import GXRunner, SuiteResult
+from propensity.validation.checks import Check, Expect
 
-_RUNNER: GXRunner | None = None
+SAMPLE = 5
 
 
 class FrameValidationError(DataQualityError):
     """A derived frame (features, profiles, labels, scores) breaks its checks: nothing of it is published."""
 
 
-def _runner() -> GXRunner:
-    global _RUNNER
-    if _RUNNER is None:
-        _RUNNER = GXRunner()
-    return _RUNNER
+class CheckOutcome:
+    """One check's verdict on one frame: failing rows (row checks) or the observed value (table checks)."""
+
+    def __init__(self, check: Check, success: bool, unexpected_count: int = 0, observed: Any = None, sample=()):
+        self.check, self.success, self.unexpected_count = check, success, unexpected_count
+        self.observed, self.sample = observed, list(sample)[:SAMPLE]
 
 
-def check_frame(
-    name: str, data: pd.DataFrame | pa.Table | pl.DataFrame, checks: Sequence[Check], runner: GXRunner | None = None
-) -> SuiteResult:
+class FrameResult:
+    def __init__(self, name: str, results: list[CheckOutcome]):
+        self.name, self.results = name, results
+        self.success = all(r.success for r in results)
+
+    def failed(self) -> list[CheckOutcome]:
+        return [r for r in self.results if not r.success]
+
+
+def _bound(col: pl.Expr, lo: Any, hi: Any, strict_lo: bool, strict_hi: bool) -> pl.Expr:
+    ok = pl.lit(True)
+    if lo is not None:
+        ok = ok & ((col > lo) if strict_lo else (col >= lo))
+    if hi is not None:
+        ok = ok & ((col < hi) if strict_hi else (col <= hi))
+    return ok
+
+
+def _rows(df: pl.DataFrame, check: Check, bad: pl.Expr, column: str | None) -> CheckOutcome:
+    """A row check: ``bad`` marks failing rows (nulls already excluded where GX excludes them)."""
+    failing = df.filter(bad.fill_null(False))
+    sample = failing[column].head(SAMPLE).to_list() if column and column in df.columns else []
+    return CheckOutcome(check, failing.height == 0, failing.height, None, sample)
+
+
+def _table(check: Check, observed: Any, ok: bool) -> CheckOutcome:
+    return CheckOutcome(check, bool(ok), 0, observed)
+
+
+def _unique(df: pl.DataFrame, check: Check, cols: list[str]) -> CheckOutcome:
+    present = pl.all_horizontal([pl.col(c).is_not_null() for c in cols])
+    return _rows(df, check, present & pl.struct(cols).is_duplicated(), cols[0])
+
+
+EVALUATORS: dict[str, Callable[[pl.DataFrame, Check, dict[str, Any]], CheckOutcome]] = {
+    "ExpectColumnValuesToNotBeNull": lambda df, c, k: _rows(df, c, pl.col(k["column"]).is_null(), k["column"]),
+    "ExpectColumnValuesToBeUnique": lambda df, c, k: _unique(df, c, [k["column"]]),
+    "ExpectCompoundColumnsToBeUnique": lambda df, c, k: _unique(df, c, list(k["column_list"])),
+    "ExpectColumnValuesToBeInSet": lambda df, c, k: _rows(
+        df, c, pl.col(k["column"]).is_not_null() & ~pl.col(k["column"]).is_in(list(k["value_set"])), k["column"]
+    ),
+    "ExpectColumnValuesToBeBetween": lambda df, c, k: _rows(
+        df,
+        c,
+        ~_bound(
+            pl.col(k["column"]),
+            k.get("min_value"),
+            k.get("max_value"),
+            k.get("strict_min", False),
+            k.get("strict_max", False),
+        ),
+        k["column"],
+    ),
+    "ExpectColumnPairValuesAToBeGreaterThanB": lambda df, c, k: _rows(
+        df,
+        c,
+        ~(
+            (pl.col(k["column_A"]) >= pl.col(k["column_B"]))
+            if k.get("or_equal")
+            else (pl.col(k["column_A"]) > pl.col(k["column_B"]))
+        ),
+        k["column_B"],
+    ),
+    "ExpectTableRowCountToBeBetween": lambda df, c, k: _table(
+        c, df.height, df.select(_bound(pl.lit(df.height), k.get("min_value"), k.get("max_value"), False, False)).item()
+    ),
+    "ExpectColumnProportionOfNonNullValuesToBeBetween": lambda df, c, k: _non_null(df, c, k),
+    "ExpectTableColumnsToMatchSet": lambda df, c, k: _table(c, df.columns, set(df.columns) == set(k["column_set"])),
+}
+
+
+def _non_null(df: pl.DataFrame, check: Check, k: dict[str, Any]) -> CheckOutcome:
+    share = 1.0 - df[k["column"]].null_count() / df.height if df.height else 1.0
+    lo, hi = k.get("min_value"), k.get("max_value")
+    return _table(check, share, (lo is None or share >= lo) and (hi is None or share <= hi))
+
+
+def evaluate(df: pl.DataFrame, check: Check) -> CheckOutcome:
+    """One declared check on ``df``, with great-expectations' semantics, in Polars."""
+    exp = check.expectation
+    if not isinstance(exp, Expect) or exp.kind not in EVALUATORS:
+        raise TypeError(f"check {check.id} has no Polars evaluation ({type(exp).__name__}); run it through the gate")
+    column = exp.kwargs.get("column")
+    if column is not None and column not in df.columns:
+        return _table(check, f"column {column!r} is missing", False)
+    return EVALUATORS[exp.kind](df, check, exp.kwargs)
+
+
+def check_frame(name: str, data: pd.DataFrame | pa.Table | pl.DataFrame, checks: Sequence[Check]) -> FrameResult:
     """Validate ``data`` against ``checks``; raise :class:`FrameValidationError` naming every failure."""
-    if isinstance(data, pl.DataFrame):
-        data = data.to_arrow()
-    df = data.to_pandas() if isinstance(data, pa.Table) else data.reset_index(drop=True)
-    result = (runner or _runner()).run(name, df, checks)
+    df = (
+        data
+        if isinstance(data, pl.DataFrame)
+        else pl.from_pandas(data)
+        if isinstance(data, pd.DataFrame)
+        else pl.from_arrow(data)
+    )
+    assert isinstance(df, pl.DataFrame)
+    df = df.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None))  # NaN is null, as in GX on pandas
+    result = FrameResult(name, [evaluate(df, c) for c in checks])
     failed = result.failed()
     if failed:
         lines = []
         for r in failed:
             observed = r.observed
             if r.check.rule == "null_rate" and isinstance(observed, float):
-                observed = f"{1.0 - observed:.1%}"  # GX reports the non-null proportion
+                observed = f"{1.0 - observed:.1%}"  # the share of nulls, as the rule is worded
             what = f"{r.unexpected_count:,} row(s)" if r.check.level == "row" else f"observed {observed}"
             sample = f" (e.g. {', '.join(map(str, r.sample[:3]))})" if r.sample else ""
             lines.append(f"{name}: {r.check.rule} on column {r.check.column or '*'}: {what} {r.check.reason}{sample}")

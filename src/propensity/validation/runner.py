@@ -101,7 +101,7 @@ class GXRunner:
 
         expectations = []
         for i, c in enumerate(checks):
-            e = copy.deepcopy(c.expectation)
+            e = copy.deepcopy(c.gx())
             e.id = None
             e.meta = {**c.meta(), "check_index": i}
             expectations.append(e)
