@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from propensity.config import Settings
 from propensity.contracts import TABLES, contract
 from propensity.errors import RequestError
+from propensity.progress import track
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from propensity.features.snapshot import Snapshot, SnapshotBuilder
@@ -100,7 +101,7 @@ def collect(settings: Settings, days: Sequence[date], tables: Iterable[str] | No
     t0 = time.perf_counter()
     collector = Collector(settings)
     try:
-        manifests = [m for d in days for m in collector.collect_day(d, names)]
+        manifests = [m for d in track(days, "collect", date.isoformat) for m in collector.collect_day(d, names)]
     finally:
         collector.close()
     rows = dict.fromkeys(names, 0)
@@ -256,7 +257,7 @@ def features_plan(
     builder = _builder(settings, builder)
     names = selected_tasks(settings, tasks)
     out = []
-    for d in training_plan(settings, names, as_of, builder):
+    for d in track(training_plan(settings, names, as_of, builder), "features", date.isoformat):
         out.append(features(settings, d, names, builder))
         if progress is not None:
             progress(out[-1])
@@ -307,7 +308,7 @@ def train(
     settings = _tuned(settings, tuning_trials)
     builder = _builder(settings, builder)
     out = []
-    for name in names:
+    for name in track(names, "train"):
         trainer = Trainer(settings, builder)
         report = trainer.train([name], as_of, promote=promote)
         result = trainer.results[name]
