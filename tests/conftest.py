@@ -4,15 +4,52 @@ Service fixtures are session-scoped: starting PostgreSQL or moto costs about a s
 so every test shares one instance and isolates itself (own database, own bucket).
 The servers themselves live in :mod:`propensity.services`, which has no pytest
 dependency, so the same code can back a local dev stack.
+
+Shops are built once per session too. A simulated shop costs seconds, collecting and
+validating it into the lake minutes, so :func:`shared_shop` keeps one shop per set of
+parameters in the session's temporary folder, and builds each stage (sources, raw, clean)
+at most once; the Online Retail data set is imported, collected and validated once
+(:func:`online_retail_zone`). Shared shops are READ-ONLY: a test that writes to one
+works on a :func:`copy_shop` (copying a lake is cheap next to rebuilding it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from propensity.config import DirtConfig, Settings
 from propensity.services import PostgresServer, S3Server, postgres_available
+
+#: ``PROPENSITY_TEST_FSYNC=1`` keeps real fsyncs in the test process (see :func:`_no_fsync`).
+KEEP_FSYNC = os.environ.get("PROPENSITY_TEST_FSYNC") == "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_fsync() -> Iterator[None]:
+    """Every local put fsyncs its file before the rename (durability on power loss, which no
+    test can observe); on a disk shared with other jobs that was a quarter to a third of the
+    wall time of collecting and validating a shop. Test data is throw-away, so the test
+    process skips the flush, as the test PostgreSQL does (``fsync=off``). Atomicity is
+    untouched: the write-to-temp + ``os.replace`` still runs, and a test may still patch
+    ``os.fsync`` itself."""
+    if KEEP_FSYNC:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", lambda fd: None)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +77,6 @@ def s3_server() -> Iterator[S3Server]:
 
 # --- real data sets (../shared/datasets beside the checkout; tests skip when absent) ----
 
-from pathlib import Path  # noqa: E402
-
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 ONLINE_RETAIL = DATASETS / "online_retail" / "online_retail.csv.gz"
 ONLINE_SHOPPERS = DATASETS / "online_shoppers" / "online_shoppers_intention.csv"
@@ -49,16 +84,25 @@ ONLINE_SHOPPERS = DATASETS / "online_shoppers" / "online_shoppers_intention.csv"
 
 # --- simulated shops ------------------------------------------------------------------
 
-from datetime import date  # noqa: E402
-
-from propensity.config import DirtConfig, Settings  # noqa: E402
-
 CLEAN = DirtConfig(rate=0.0)
 SMALL_SHOP = {"customers": 4000, "days": 150, "start": date(2025, 1, 1), "seed": 11}
+STAGES = ("sources", "raw", "clean", "bulk")
+BULK_LAKE = "bulk_lake"
+
+
+@contextlib.contextmanager
+def scrubbed_env() -> Iterator[pytest.MonkeyPatch]:
+    """No ``PROPENSITY_*`` variable of this process (a developer's shell, ``make test``'s
+    ``PROPENSITY_HOME``, the S3 server's endpoint) reaches settings built inside."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("PROPENSITY_")]:
+            mp.delenv(key)
+        yield mp
 
 
 def make_shop(home, dirt: DirtConfig = CLEAN, **overrides) -> Settings:
-    """Simulate a small shop under ``home`` and return its settings."""
+    """Simulate a fresh small shop under ``home`` and return its settings (for tests that
+    compare two builds or change the sources; others use :func:`shared_shop`)."""
     from propensity.simulate import simulate
 
     settings = Settings(home=home)
@@ -66,26 +110,191 @@ def make_shop(home, dirt: DirtConfig = CLEAN, **overrides) -> Settings:
     return settings
 
 
+@dataclass
+class _Shop:
+    settings: Settings  # Data Docs off: validation of a shared shop is setup, not under test
+    params: dict[str, Any]
+    built: set[str] = field(default_factory=set)
+
+    @property
+    def days(self) -> list[date]:
+        return [self.params["start"] + timedelta(days=i) for i in range(self.params["days"])]
+
+    @property
+    def bulk(self) -> Settings:
+        """The same sources, with the lake of the ``bulk`` stage."""
+        return self.settings.model_copy(update={"lake": f"file://{self.settings.home_dir / BULK_LAKE}"})
+
+
+_SHOPS: dict[tuple[str, str], _Shop] = {}
+
+
+def _shop_key(params: dict[str, Any], dirt: DirtConfig) -> str:
+    text = json.dumps({**params, "dirt": dirt.model_dump(mode="json")}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def shared_shop(
+    tmp_path_factory: pytest.TempPathFactory, stage: str = "clean", dirt: DirtConfig = CLEAN, **overrides: Any
+) -> Settings:
+    """The session's shop for ``SMALL_SHOP | overrides`` (and ``dirt``), built up to ``stage``:
+
+    * ``sources``: simulated (shop DB, clickstream landing, FX drops, oracle);
+    * ``raw``: and every day collected into the lake's raw zone;
+    * ``clean``: and every day validated into clean/quarantine (Data Docs off);
+    * ``bulk``: the sources straight into the clean zone of a lake of its own
+      (:func:`bulk_clean`: the same rows as ``clean``, one partition per table).
+
+    Each stage is built once per session and parameters, whichever test asks first, in
+    place (``bulk`` beside the others). READ-ONLY: never write to it (use :func:`copy_shop`),
+    and never rely on a stage or zone being absent.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}: one of {STAGES}")
+    params = {**SMALL_SHOP, **overrides}
+    key = (_shop_key(params, dirt), str(tmp_path_factory.getbasetemp()))
+    shop = _SHOPS.get(key)
+    if shop is None:
+        home = tmp_path_factory.getbasetemp() / "shops" / key[0]
+        with scrubbed_env():
+            settings = Settings(home=home, validation={"docs": False})
+        shop = _SHOPS[key] = _Shop(settings, params)
+    if "sources" not in shop.built:
+        from propensity.simulate import simulate
+
+        simulate(shop.settings, dirt_cfg=dirt, **params)
+        shop.built.add("sources")
+    if stage == "bulk":
+        if stage not in shop.built:
+            bulk_clean(shop.bulk, shop.days[0], len(shop.days))
+            shop.built.add(stage)
+        return shop.bulk
+    if stage in ("raw", "clean") and "raw" not in shop.built:
+        from propensity.collect import collect
+
+        collect(shop.settings, shop.days[0], shop.days[-1])
+        shop.built.add("raw")
+    if stage == "clean" and "clean" not in shop.built:
+        from propensity.validation import Gate
+
+        Gate(shop.settings).validate(shop.days)
+        shop.built.add("clean")
+    return shop.settings
+
+
+def bulk_clean(settings: Settings, start: date, days: int) -> None:
+    """A simulated shop's sources straight into the clean zone, one partition per table (at the
+    last day), for tests of what reads the clean zone as a whole (features, training, drift).
+
+    On a clean shop, collection and validation publish the same rows day by day
+    (``test_collect.py`` checks it); through them a shop of many months costs minutes
+    instead of seconds. What looks up a day's clean partition (the DAGs' feature and scoring
+    tasks, audiences' recent contacts) needs :func:`shared_shop`'s ``clean`` stage instead.
+    """
+    import pyarrow as pa
+
+    from propensity.collect import Collector
+    from propensity.contracts import TABLES, contract
+
+    collector = Collector(settings)
+    try:
+        for name in TABLES:
+            if contract(name).source == "oltp":
+                data = collector.db.extract(name)
+            else:
+                data = pa.concat_tables([collector.extract(name, start + timedelta(days=i)) for i in range(days)])
+            collector.lake.write_partition("clean", name, {"dt": (start + timedelta(days=days - 1)).isoformat()}, data)
+    finally:
+        collector.close()
+
+
+def copy_shop(settings: Settings, home: Path, parts: Iterable[str] = ("",), **update: Any) -> Settings:
+    """A private copy of a (shared) shop under ``home``: only ``parts``, paths below its home
+    (the whole home by default; ``"lake/..."`` is below its lake, wherever that is), with
+    settings updated by ``update``. The copy's lake is ``<home>/lake``."""
+    home = Path(home)
+    lake = Path(settings.lake_uri.removeprefix("file://"))
+    parts = list(parts)
+    if "" in parts and lake != settings.home_dir / "lake":
+        parts.append("lake")  # the whole home, and its lake from wherever it is
+    for part in parts:
+        src = lake / part.removeprefix("lake").lstrip("/") if part.split("/")[0] == "lake" else settings.home_dir / part
+        dst = home / part
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        elif src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    return settings.model_copy(update={"home": home, "lake": None, **update})
+
+
 @pytest.fixture(scope="session")
 def clean_shop(tmp_path_factory) -> Settings:
-    """A clean (dirt-off) simulated shop shared by read-only tests."""
-    return make_shop(tmp_path_factory.mktemp("clean_shop"))
+    """The clean (dirt-off) small shop's sources, shared by read-only tests."""
+    return shared_shop(tmp_path_factory, "sources")
 
 
 @pytest.fixture(scope="session")
-def clean_zone(clean_shop) -> Settings:
+def clean_zone(tmp_path_factory) -> Settings:
     """The clean shop collected into raw and validated into clean (Data Docs off for speed)."""
-    from datetime import timedelta
+    return shared_shop(tmp_path_factory, "clean")
 
+
+@pytest.fixture(scope="session")
+def clean_bulk(tmp_path_factory) -> Settings:
+    """The clean shop's rows in the clean zone of a lake of their own, one partition per table
+    (seconds instead of minutes): for tests that read the clean zone as a whole."""
+    return shared_shop(tmp_path_factory, "bulk")
+
+
+# --- the Online Retail data set, imported, collected and validated once ------------------
+
+ONLINE_RETAIL_DAYS = (date(2010, 12, 1), date(2011, 12, 9))
+
+
+@dataclass
+class OnlineRetail:
+    settings: Settings  # default settings (Data Docs on), home in the session's temporary folder
+    report: Any  # the importer's ImportReport
+    outcomes: list  # one PartitionOutcome per table and day
+    seconds: dict[str, float]
+
+
+@pytest.fixture(scope="session")
+def online_retail_db(tmp_path_factory) -> OnlineRetail:
+    """UCI Online Retail imported into a shop DB (nothing collected yet). READ-ONLY."""
+    if not ONLINE_RETAIL.exists():
+        pytest.skip(f"dataset not available: {ONLINE_RETAIL}")
+    from propensity.importers import import_online_retail
+    from propensity.sources.oltp import ShopDB
+
+    with scrubbed_env():
+        settings = Settings(home=tmp_path_factory.mktemp("online_retail"))
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    db = ShopDB(settings.shop_db_url)
+    try:
+        report = import_online_retail(ONLINE_RETAIL, db)
+    finally:
+        db.dispose()
+    return OnlineRetail(settings, report, [], {"import": time.perf_counter() - t0})
+
+
+@pytest.fixture(scope="session")
+def online_retail_zone(online_retail_db: OnlineRetail) -> OnlineRetail:
+    """Online Retail collected into raw and validated into clean/quarantine over its whole
+    span, with the production settings (Data Docs on). READ-ONLY: copy what you write to."""
     from propensity.collect import collect
-    from propensity.lake import Lake
     from propensity.validation import Gate
 
-    s = clean_shop.model_copy(update={"validation": clean_shop.validation.model_copy(update={"docs": False})})
-    lake = Lake.open(s.lake_uri)
-    days = [SMALL_SHOP["start"] + timedelta(days=i) for i in range(SMALL_SHOP["days"])]
-    if not lake.partitions("raw", "orders"):
-        collect(s, days[0], days[-1])
-    if len(lake.partitions("clean", "orders")) < len(days):
-        Gate(s).validate(days)
-    return s
+    shop = online_retail_db
+    if not shop.outcomes:
+        first, last = ONLINE_RETAIL_DAYS
+        t0 = time.perf_counter()
+        collect(shop.settings, first, last)
+        t1 = time.perf_counter()
+        shop.outcomes = Gate(shop.settings).validate(
+            [first + timedelta(days=i) for i in range((last - first).days + 1)]
+        )
+        shop.seconds |= {"collect": t1 - t0, "validate": time.perf_counter() - t1}
+    return shop

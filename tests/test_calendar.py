@@ -17,12 +17,12 @@ from propensity.simulate import dynamics as dyn
 
 
 @pytest.fixture(scope="module")
-def shop_data_small(clean_zone):
-    """The small simulated shop's clean zone (shared, validated once per session)."""
+def shop_data_small(clean_bulk):
+    """The small simulated shop's clean rows (shared, built once per session)."""
     from propensity.features.inputs import ShopData
     from propensity.lake import Lake
 
-    return ShopData.load(Lake.open(clean_zone.lake_uri))
+    return ShopData.load(Lake.open(clean_bulk.lake_uri))
 
 
 def _cal(*entries: dict) -> PromotionCalendar:

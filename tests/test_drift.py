@@ -17,14 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import polars as pl
-import pyarrow as pa
 import pytest
-from conftest import CLEAN
+from conftest import CLEAN, bulk_clean
 
 from propensity.calendar import PromotionCalendar, known_calendar
-from propensity.collect import Collector
 from propensity.config import Settings, ShiftConfig, load_settings
-from propensity.contracts import TABLES, contract
 from propensity.features.catalogue import categorical_features, feature_names
 from propensity.features.snapshot import SnapshotBuilder
 from propensity.features.training import plan_snapshots
@@ -190,24 +187,6 @@ TASKS = ("conversion", "repurchase", "churn")
 _SHOPS: dict[str, dict[str, Settings]] = {}
 
 
-def bulk_clean(settings: Settings, start: date = START, days: int = DAYS) -> None:
-    """The shop's sources into the clean zone, one partition per table.
-
-    Collection and validation publish the same rows day by day (tested in their own
-    modules); through them a two-year shop would take minutes instead of seconds.
-    """
-    collector = Collector(settings)
-    try:
-        for name in TABLES:
-            if contract(name).source == "oltp":
-                data = collector.db.extract(name)
-            else:
-                data = pa.concat_tables([collector.extract(name, start + timedelta(days=i)) for i in range(days)])
-            collector.lake.write_partition("clean", name, {"dt": (start + timedelta(days=days - 1)).isoformat()}, data)
-    finally:
-        collector.close()
-
-
 def drill_shops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Settings]:
     """Two shops, same seed and dates: ``stable`` and ``shifted`` (:data:`SHIFT` from
     :data:`SHIFT_DAY`), each with a clean zone and the :data:`CURRENT` snapshot published."""
@@ -221,7 +200,7 @@ def drill_shops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Settings]
                     home=tmp_path_factory.mktemp(f"drift_{name}"), simulation={"shift": shift}, features=DRILL_FEATURES
                 )
                 simulate(settings, customers=CUSTOMERS, days=DAYS, start=START, seed=SEED, dirt_cfg=CLEAN)
-                bulk_clean(settings)
+                bulk_clean(settings, START, DAYS)
                 SnapshotBuilder(settings).build_and_publish(CURRENT)
                 shops[name] = settings
         finally:
@@ -288,6 +267,7 @@ def monitor_home(shop: Settings, home: Any) -> Settings:
     return shop.model_copy(update={"home": home, "lake": None})
 
 
+@pytest.mark.slow  # the drill's two-year shops
 def test_the_shift_leaves_history_before_it_untouched(shops: dict[str, Settings]) -> None:
     stable, shifted = (SnapshotBuilder(shops[n]).build(SHIFT_DAY) for n in ("stable", "shifted"))
     assert stable.features.equals(shifted.features)
@@ -297,6 +277,7 @@ def test_the_shift_leaves_history_before_it_untouched(shops: dict[str, Settings]
     assert not later[0].equals(later[1])
 
 
+@pytest.mark.slow  # the drill's two-year shops
 def test_monitor_fires_on_the_shifted_period_only(shops, references, tmp_path) -> None:
     reports = {
         name: monitor(monitor_home(shops[name], tmp_path / name), references=references)
@@ -335,6 +316,7 @@ def test_monitor_fires_on_the_shifted_period_only(shops, references, tmp_path) -
     assert "app_share_30d" in lake.store.get_text(keys["markdown"])
 
 
+@pytest.mark.slow  # the drill's two-year shops
 def test_monitor_requests_and_missing_references(shops, references, tmp_path) -> None:
     empty = Settings(home=tmp_path)
     with pytest.raises(MonitorRequestError, match="no features snapshot"):

@@ -10,12 +10,11 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from conftest import SMALL_SHOP
+from conftest import SMALL_SHOP, copy_shop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from propensity.collect import collect
-from propensity.config import Settings, default_tasks
+from propensity.config import default_tasks
 from propensity.contracts import contract
 from propensity.features.build import compute_features
 from propensity.features.catalogue import feature_names, markdown_table
@@ -25,20 +24,15 @@ from propensity.features.profiles import build_profiles
 from propensity.features.snapshot import SnapshotBuilder, at_midnight
 from propensity.features.training import plan_snapshots, stack
 from propensity.lake import Lake
-from propensity.validation import Gate
 
 T = at_midnight(SMALL_SHOP["start"] + timedelta(days=100))
 BASE = "EUR"
 
 
 @pytest.fixture(scope="module")
-def shop_data(clean_shop) -> ShopData:
-    """The clean simulated shop's raw zone, collected once."""
-    end = SMALL_SHOP["start"] + timedelta(days=SMALL_SHOP["days"] - 1)
-    lake = Lake.open(clean_shop.lake_uri)
-    if not lake.partitions("raw", "orders"):
-        collect(clean_shop, SMALL_SHOP["start"], end)
-    return ShopData.load(lake, zone="raw")
+def shop_data(clean_bulk) -> ShopData:
+    """The clean simulated shop's clean rows (built once per session)."""
+    return ShopData.load(Lake.open(clean_bulk.lake_uri))
 
 
 def _bytes(df: pl.DataFrame) -> bytes:
@@ -151,13 +145,11 @@ def test_readme_renders_the_catalogue():
     assert block.group(1).strip() == markdown_table().strip(), "README catalogue is stale: run make catalogue"
 
 
-def test_snapshot_publishes_validated_outputs_and_plans_do_not_leak(clean_shop, tmp_path):
+def test_snapshot_publishes_validated_outputs_and_plans_do_not_leak(clean_bulk, tmp_path):
+    clean_shop = copy_shop(clean_bulk, tmp_path / "home", ["lake/clean"])  # publishing writes to the lake
     start = SMALL_SHOP["start"]
     end = start + timedelta(days=SMALL_SHOP["days"] - 1)
     lake = Lake.open(clean_shop.lake_uri)
-    if not lake.partitions("raw", "orders"):
-        collect(clean_shop, start, end)
-    Gate(clean_shop).validate([start + timedelta(days=i) for i in range(SMALL_SHOP["days"])])
     b = SnapshotBuilder(clean_shop)
     snap = b.build_and_publish(date(2025, 4, 1))
     assert lake.manifest("features", "", {"snapshot": "2025-04-01"})["row_count"] == snap.features.height
@@ -176,21 +168,11 @@ def test_snapshot_publishes_validated_outputs_and_plans_do_not_leak(clean_shop, 
         plan_snapshots("churn", clean_shop.tasks["churn"], start, start + timedelta(days=90), clean_shop.features)
 
 
-from conftest import ONLINE_RETAIL  # noqa: E402
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not ONLINE_RETAIL.exists(), reason="Online Retail dataset not present in ../shared/datasets")
-def test_online_retail_features_and_labels(tmp_path):
-    from propensity.importers import import_online_retail
-    from propensity.sources.oltp import ShopDB
-
-    s = Settings(home=tmp_path, base_currency="GBP")
-    import_online_retail(ONLINE_RETAIL, ShopDB(s.shop_db_url))
-    first, last = date(2010, 12, 1), date(2011, 12, 9)
-    collect(s, first, last)
-    outcomes = Gate(s).validate([first + timedelta(days=i) for i in range((last - first).days + 1)])
-    assert not [o for o in outcomes if o.critical]
+def test_online_retail_features_and_labels(online_retail_zone, tmp_path):
+    assert not [o for o in online_retail_zone.outcomes if o.critical]
+    # the session's validated Online Retail, its clean zone copied (publishing writes to the lake)
+    s = copy_shop(online_retail_zone.settings, tmp_path / "home", ["lake/clean"], base_currency="GBP")
     b = SnapshotBuilder(s)
     snap = b.build_and_publish(date(2011, 9, 1))
     assert snap.features.height > 3000
@@ -201,9 +183,9 @@ def test_online_retail_features_and_labels(tmp_path):
 
 
 @pytest.mark.parametrize("shards", [3])
-def test_sharded_snapshot_equals_unsharded(clean_zone, shards):
+def test_sharded_snapshot_equals_unsharded(clean_bulk, shards):
     """Feature building split into customer hash shards and merged gives the unsharded snapshot."""
-    builder = SnapshotBuilder(clean_zone)
+    builder = SnapshotBuilder(clean_bulk)
     day = SMALL_SHOP["start"] + timedelta(days=100)
     whole = builder.build(day)
     parts = [builder.build(day, shard=i, shards=shards) for i in range(shards)]

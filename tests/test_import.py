@@ -7,10 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import ONLINE_RETAIL
 
 from propensity.contracts import contract
-from propensity.importers import ImportDataError, ImportReport, import_online_retail, import_orders
+from propensity.importers import ImportDataError, ImportReport, import_orders
 from propensity.sources.oltp import ShopDB
 
 LOADED = ("customers", "products", "orders", "order_items")
@@ -54,11 +53,10 @@ def _preload(db: ShopDB) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_online_retail_counts(tmp_path: Path) -> None:
-    if not ONLINE_RETAIL.exists():
-        pytest.skip(f"dataset not available: {ONLINE_RETAIL}")
-    db = _db(tmp_path)
-    report = import_online_retail(ONLINE_RETAIL, db)
+def test_online_retail_counts(online_retail_db) -> None:
+    """The session's import of the file (shared with the validation and features tests), read only."""
+    report = online_retail_db.report
+    db = ShopDB(online_retail_db.settings.shop_db_url)
 
     assert isinstance(report, ImportReport)
     assert report.lines_in == 541_909
