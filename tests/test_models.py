@@ -6,17 +6,16 @@ import json
 import logging
 import os
 import warnings
-from datetime import date, timedelta
+from datetime import date
 
 import boto3
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CLEAN, ONLINE_SHOPPERS
+from conftest import CLEAN, ONLINE_SHOPPERS, bulk_clean
 from mlflow import MlflowClient
 
-from propensity.collect import collect
 from propensity.config import ModelConfig, Settings
 from propensity.features.catalogue import feature_names
 from propensity.models.fingerprint import data_digest, model_parameters, params_digest
@@ -26,7 +25,6 @@ from propensity.models.tracking import CLASSIC_ML, EXPERIMENT_KIND_TAG, configur
 from propensity.models.train import TaskFrames, Trainer, headline_metrics
 from propensity.services import MlflowServer
 from propensity.simulate import simulate
-from propensity.validation import Gate
 
 START = date(2025, 1, 1)
 DAYS = 270
@@ -45,13 +43,11 @@ def shop(tmp_path_factory, mlflow_server) -> Settings:
     s = Settings(
         home=tmp_path_factory.mktemp("shop"),
         mlflow_tracking_uri=mlflow_server.tracking_uri,
-        validation={"docs": False},
         features={"training_span_days": 84},
         models={"max_rounds": 300, "early_stopping_rounds": 30},
     )
     simulate(s, customers=2500, days=DAYS, start=START, seed=21, dirt_cfg=CLEAN)
-    collect(s, START, START + timedelta(days=DAYS - 1))
-    Gate(s).validate([START + timedelta(days=i) for i in range(DAYS)])
+    bulk_clean(s, START, DAYS)  # the rows collect + validate publish, without 270 days of each
     return s
 
 
@@ -132,8 +128,9 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     assert json.loads((tmp_path / "report.json").read_text())["tasks"]["churn"]["model_version"] == "1"
 
 
-def test_optuna_tuning_is_bounded_and_reproducible(clean_zone):
-    clean_shop = clean_zone
+@pytest.mark.slow  # two tuned fits of four trials each
+def test_optuna_tuning_is_bounded_and_reproducible(clean_bulk):
+    clean_shop = clean_bulk
     s = clean_shop.model_copy(
         update={
             "models": clean_shop.models.model_copy(
