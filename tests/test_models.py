@@ -117,7 +117,7 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     np.testing.assert_allclose(p, good.predict_proba(x), rtol=1e-9)
 
     # humans can override and undo
-    assert "v2" in promote(shop, "churn", "2")
+    assert "v2" in promote(shop, "churn", "2", force=True)  # v2 was rejected: only a forced promotion takes it
     assert client.get_model_version_by_alias("propensity-churn", "champion").version == "2"
     assert "-> v1" in rollback(shop, "churn")
     assert client.get_model_version_by_alias("propensity-churn", "champion").version == "1"

@@ -211,7 +211,7 @@ def cmd_measure(s: Settings, a: argparse.Namespace) -> int:
 def cmd_promote(s: Settings, a: argparse.Namespace) -> int:
     from propensity.models.registry import promote
 
-    print(promote(s, a.task, str(a.version)))
+    print(promote(s, a.task, str(a.version), force=a.force))
     return 0
 
 
@@ -341,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("promote", parents=[common], help="make a model version the champion")
     pr.add_argument("--task", required=True)
     pr.add_argument("--version", required=True)
+    pr.add_argument("--force", action="store_true", help="promote a version that failed the gate or was never gated")
     rb = sub.add_parser("rollback", parents=[common], help="restore the previous champion")
     rb.add_argument("--task", required=True)
 

@@ -4,7 +4,12 @@ No stages (deprecated in MLflow 3). A new version always becomes ``challenger``.
 becomes ``champion`` only if it clears the task's absolute AUC floor and is not worse
 than the current champion by more than the margin, both measured on the SAME
 out-of-time test set (the champion is re-scored on it). The decision, both scores and
-the previous champion are recorded as version tags, so ``rollback`` can undo a promotion.
+the previous champion are recorded as version tags.
+
+Every change of champion is also written to the champion history (:data:`HISTORY_TAG`, a
+registered-model tag), a stack that ``rollback`` pops: it goes back one champion at a time
+and never reinstates a version that was rolled back or left behind. ``promote`` (the human
+override) refuses a version the gate rejected or never saw unless forced.
 
 A version also carries its training fingerprint (``data_digest``, ``params_digest``: see
 :mod:`propensity.models.fingerprint`), written last, once its gate has completed. The
@@ -15,8 +20,9 @@ front doors training the same data at once): the same model cannot be promoted t
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import mlflow
@@ -27,12 +33,27 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from propensity.config import Settings
+from propensity.errors import RequestError
 from propensity.models.fingerprint import Fingerprint
 from propensity.models.metrics import safe_auc
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+
+#: Registered-model tag: the champions in the order they took over (JSON list of versions),
+#: the current one last. Registries from before it start their history at the current champion.
+HISTORY_TAG = "champion_history"
+#: How many champions the history keeps (a tag value is limited in size).
+HISTORY_LIMIT = 100
+#: Gate decisions that let a human promote a version without ``--force``.
+PASSING = ("promoted", "passed, not promoted")
+#: Gate decision of a version whose training run died before its gate (see :mod:`propensity.models.tracking`).
+ABANDONED = "abandoned"
+#: Version tags: rolled back (or left behind by a return to an earlier champion), promoted by hand, forced.
+ROLLED_BACK_TAG = "rolled_back"
+BY_HAND_TAG = "promotion.by_hand"
+FORCED_TAG = "promotion.forced"
 
 
 def model_name(task: str) -> str:
@@ -199,28 +220,127 @@ def _tag_fingerprint(client: MlflowClient, name: str, version: str, fingerprint:
         client.set_model_version_tag(name, version, k, v)
 
 
+# champion history --------------------------------------------------------------------
+
+
+def parse_history(text: str | None) -> list[str]:
+    """The champion history stored in :data:`HISTORY_TAG`; [] when missing or unreadable."""
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def reconcile(history: list[str], champion: str | None, existing: Iterable[str] | None = None) -> list[str]:
+    """``history`` made to end at ``champion``, the alias being the truth (a crash between moving
+    the alias and writing the history, or a hand edit in the UI): cut back to it when it is in
+    the history, appended when not. Versions that no longer exist are dropped when ``existing`` is given."""
+    alive = None if existing is None else set(existing)
+    kept = [v for v in history if alive is None or v in alive]
+    if champion is None:
+        return kept
+    if champion in kept:
+        return kept[: len(kept) - kept[::-1].index(champion)]
+    return [*kept, champion]
+
+
+def promoted(history: list[str], version: str) -> tuple[list[str], list[str]]:
+    """The history after ``version`` becomes champion, and the versions it leaves behind.
+
+    A version already in the history is a return to it: everything after it is left behind
+    (rolled back), so no later rollback can reinstate those. A new version is pushed.
+    """
+    if version in history:
+        cut = history.index(version) + 1
+        return history[:cut], history[cut:]
+    return [*history, version][-HISTORY_LIMIT:], []
+
+
+def read_history(client: MlflowClient, name: str) -> list[str]:
+    return parse_history(client.get_registered_model(name).tags.get(HISTORY_TAG))
+
+
+def write_history(client: MlflowClient, name: str, history: list[str]) -> None:
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_LIMIT:]))
+
+
 def set_champion(client: MlflowClient, name: str, version: str, previous: str | None) -> None:
+    """Make ``version`` the champion and record it in the history; versions a return to an
+    earlier champion leaves behind are tagged rolled back, and ``version`` itself no longer is."""
     if previous is not None and previous != version:
         client.set_model_version_tag(name, version, "previous_champion", previous)
+    history, left = promoted(reconcile(read_history(client, name), previous), version)
     client.set_registered_model_alias(name, CHAMPION, version)
+    write_history(client, name, history)
+    for v in left:
+        client.set_model_version_tag(name, v, ROLLED_BACK_TAG, "true")
+    if ROLLED_BACK_TAG in client.get_model_version(name, version).tags:
+        client.delete_model_version_tag(name, version, ROLLED_BACK_TAG)
 
 
-def promote(settings: Settings, task: str, version: str) -> str:
-    """Human override: make ``version`` the champion (the previous one is remembered for rollback)."""
+# human overrides -----------------------------------------------------------------------
+
+
+def known_versions(client: MlflowClient, name: str) -> list[str]:
+    """Every registered version of ``name``, ascending; [] for a model that does not exist."""
+    quoted = name.replace("'", "\\'")
+    return sorted({str(v.version) for v in client.search_model_versions(f"name = '{quoted}'")}, key=int)
+
+
+def unknown_version(name: str, version: str, known: list[str]) -> RequestError:
+    return RequestError(f"{name} has no version {version}; known versions: {', '.join(known) or 'none'}")
+
+
+def gate_refusal(name: str, version: str, tags: Mapping[str, str]) -> str | None:
+    """Why ``version`` may not be promoted without ``--force`` (its gate decision), or None."""
+    decision = tags.get("gate.decision")
+    if decision in PASSING:
+        return None
+    if decision is None:
+        return f"{name} v{version} was never gated (no gate decision recorded; its training may have been killed)"
+    reasons = tags.get("gate.reasons")
+    return f"{name} v{version} did not pass the gate (gate decision: {decision}" + (f": {reasons})" if reasons else ")")
+
+
+def promote(settings: Settings, task: str, version: str, force: bool = False) -> str:
+    """Human override: make ``version`` the champion (recorded in the champion history).
+
+    A version the gate rejected, or never gated (its training was killed), is refused unless
+    ``force``; a forced promotion is tagged as such and the gate's verdict stays as it was.
+    """
     from propensity.models.tracking import configure
 
     configure(settings)
     client = MlflowClient()
     name = model_name(task)
-    client.get_model_version(name, version)  # raises a clear error for an unknown version
+    version = str(version)
+    known = known_versions(client, name)
+    if version not in known:
+        raise unknown_version(name, version, known)
     champ = current_champion(client, name)
+    if champ is not None and str(champ.version) == version:
+        return f"{name}: v{version} is already the champion"
+    refusal = gate_refusal(name, version, client.get_model_version(name, version).tags)
+    if refusal is not None and not force:
+        raise RequestError(f"{refusal}; use --force to promote it anyway")
     set_champion(client, name, version, previous=champ.version if champ is not None else None)
-    client.set_model_version_tag(name, version, "gate.decision", "promoted by hand")
-    return f"{name}: champion -> v{version}" + (f" (was v{champ.version})" if champ is not None else "")
+    client.set_model_version_tag(name, version, BY_HAND_TAG, "true")
+    note = ""
+    if refusal is not None:
+        client.set_model_version_tag(name, version, FORCED_TAG, "true")
+        log.warning("forced: %s", refusal)
+        note = f"; forced past the gate ({refusal})"
+    was = f" (was v{champ.version})" if champ is not None else ""
+    return f"{name}: champion -> v{version}{was}{note}"
 
 
 def rollback(settings: Settings, task: str) -> str:
-    """Point ``champion`` back at the version it replaced."""
+    """Point ``champion`` back at the champion before it in the history, and pop the history.
+
+    The version rolled back is tagged :data:`ROLLED_BACK_TAG`; it is out of the history, so
+    a later rollback cannot bring it back (only an explicit ``promote`` can).
+    """
     from propensity.models.tracking import configure
 
     configure(settings)
@@ -228,10 +348,15 @@ def rollback(settings: Settings, task: str) -> str:
     name = model_name(task)
     champ = current_champion(client, name)
     if champ is None:
-        raise ValueError(f"{name} has no champion to roll back")
-    previous = champ.tags.get("previous_champion")
-    if not previous:
-        raise ValueError(f"{name} v{champ.version} has no previous champion recorded")
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    client.set_model_version_tag(name, champ.version, "rolled_back", "true")
-    return f"{name}: champion v{champ.version} -> v{previous}"
+        raise RequestError(f"{name} has no champion to roll back")
+    current = str(champ.version)
+    history = reconcile(read_history(client, name), current, known_versions(client, name))
+    if len(history) < 2:
+        raise RequestError(
+            f"{name} v{current} is the first champion on record: there is no earlier champion to roll back to"
+        )
+    target = history[-2]
+    client.set_registered_model_alias(name, CHAMPION, target)
+    write_history(client, name, history[:-1])
+    client.set_model_version_tag(name, current, ROLLED_BACK_TAG, "true")
+    return f"{name}: champion v{current} -> v{target}"

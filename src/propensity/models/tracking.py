@@ -13,14 +13,25 @@ Two things MLflow does by default that do not suit a training pipeline run by Ai
   and its Python warnings (schema hints, dataset source guesses) go to stderr as well.
   Airflow records a task's stderr at ERROR level, so ordinary INFO lines showed up as
   errors. :func:`route_mlflow_logging` sends all of it through :mod:`logging` instead.
+
+A process killed in the middle of training (SIGKILL, OOM, a lost worker) cannot end its
+runs: they stay RUNNING forever, and a version it registered is never gated. Every run
+records the process that runs it (:func:`process_tags`); :func:`settle_abandoned_runs`,
+called when training starts, marks FAILED the RUNNING runs whose process is gone (or, for
+another host's, that have run longer than :data:`ABANDONED_AFTER`) and tags the versions
+they registered but never gated as ``abandoned``, so ``promote`` refuses them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
+import time
 import warnings
+from collections.abc import Callable, Mapping
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +43,7 @@ from mlflow.utils import logging_utils
 
 from propensity import __version__
 from propensity.config import Settings
+from propensity.storage import pid_alive
 
 #: Experiment tag MLflow 3 reads to tell GenAI experiments from model-training ones.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -41,6 +53,17 @@ CLASSIC_ML = "custom_model_development"
 #: Query string that opens an experiment on its training runs in the MLflow 3.17 UI,
 #: e.g. ``<ui>/#/experiments/<id>?workflowType=machine_learning``.
 ML_PAGE_QUERY = "workflowType=machine_learning"
+
+#: Run tags naming the process that runs it: pid, host, and the pid's start time (tells a
+#: recycled pid from the original process).
+PID_TAG, HOST_TAG, PROCESS_START_TAG = "propensity.pid", "propensity.host", "propensity.process_start"
+#: Run tag on a run marked FAILED because its process died: why, and who noticed.
+ABANDONED_TAG = "propensity.abandoned"
+#: A RUNNING run of another host (or without process tags) older than this is abandoned: no
+#: training run lasts a day.
+ABANDONED_AFTER = timedelta(hours=24)
+
+log = logging.getLogger(__name__)
 
 #: Loggers MLflow gives a stderr handler on import (``mlflow.utils.logging_utils._configure_mlflow_loggers``).
 MLFLOW_LOGGERS = ("mlflow", "sqlalchemy.engine", "alembic", "huey")
@@ -200,3 +223,88 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{__version__}+{sha}" if sha else __version__
+
+
+# abandoned runs ------------------------------------------------------------------------
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``); None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name may contain spaces and parentheses
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process, set on every training run."""
+    pid = os.getpid()
+    tags = {PID_TAG: str(pid), HOST_TAG: socket.gethostname()}
+    started = process_start(pid)
+    if started is not None:
+        tags[PROCESS_START_TAG] = started
+    return tags
+
+
+def abandonment(
+    tags: Mapping[str, str],
+    age: timedelta,
+    host: str,
+    alive: Callable[[int], bool] = pid_alive,
+    started: Callable[[int], str | None] = process_start,
+) -> str | None:
+    """Why a RUNNING run with ``tags``, started ``age`` ago, is abandoned; None while it may be live.
+
+    On this ``host`` its process is asked directly: gone, or the pid now belongs to another
+    process. Elsewhere (or for a run without process tags) only its age can tell.
+    """
+    pid_text, run_host = tags.get(PID_TAG, ""), tags.get(HOST_TAG)
+    if run_host == host and pid_text.isdigit():
+        pid = int(pid_text)
+        if not alive(pid):
+            return f"its process {pid} on {host} is gone: it was killed or crashed before ending the run"
+        recorded = tags.get(PROCESS_START_TAG)
+        if recorded is not None and started(pid) not in (None, recorded):
+            return f"its process {pid} on {host} is gone (the pid now belongs to another process)"
+        return None
+    if age > ABANDONED_AFTER:
+        owner = f"process {pid_text} on {run_host}" if run_host else "a process that left no pid"
+        return f"RUNNING for {age.total_seconds() / 3600:.0f} h, longer than any training ({owner})"
+    return None
+
+
+def settle_abandoned_runs(client: MlflowClient, experiment_id: str, now: float | None = None) -> list[str]:
+    """Mark FAILED the RUNNING runs of ``experiment_id`` whose process is gone; returns their ids.
+
+    Each gets :data:`ABANDONED_TAG` saying why; a model version it registered but never gated
+    gets the gate decision ``abandoned``, so it cannot be promoted without ``--force``.
+    """
+    from propensity.models.registry import ABANDONED
+
+    now_ms = (time.time() if now is None else now) * 1000
+    host = socket.gethostname()
+    settled = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        age = timedelta(milliseconds=max(now_ms - (run.info.start_time or now_ms), 0))
+        reason = abandonment(run.data.tags, age, host)
+        if reason is None:
+            continue
+        run_id = run.info.run_id
+        note = f"{reason}; marked FAILED by process {os.getpid()} on {host}"
+        client.set_tag(run_id, ABANDONED_TAG, note)
+        client.set_terminated(run_id, "FAILED")
+        log.warning("training run %s (%s) was abandoned: %s", run_id, run.info.run_name, note)
+        for version in client.search_model_versions(f"run_id = '{run_id}'"):
+            if "gate.decision" in version.tags:
+                continue
+            client.set_model_version_tag(version.name, version.version, "gate.decision", ABANDONED)
+            client.set_model_version_tag(
+                version.name, version.version, "gate.reasons", f"training run {run_id} died before its gate: {reason}"
+            )
+            log.warning(
+                "%s v%s was registered by that run and never gated: tagged abandoned", version.name, version.version
+            )
+        settled.append(run_id)
+    return settled

@@ -47,7 +47,7 @@ from propensity.models.fingerprint import Fingerprint, data_digest, model_parame
 from propensity.models.metrics import evaluate, group_auc, safe_auc
 from propensity.models.model import Calibrator, CategoryEncoder, PropensityModel, PropensityPyfunc, model_input
 from propensity.models.registry import find_unchanged, gate_and_alias, unchanged_note
-from propensity.models.tracking import code_version, configure
+from propensity.models.tracking import code_version, configure, process_tags, settle_abandoned_runs
 
 log = logging.getLogger(__name__)
 
@@ -612,10 +612,11 @@ class Trainer:
         names = tasks or list(self.settings.tasks)
         plans = self.plans(names, as_of)
         experiment_id = configure(self.settings)
+        settle_abandoned_runs(MlflowClient(), experiment_id)  # runs a killed train left RUNNING
         results: dict[str, TaskResult] = {}
         run_name = f"train {max(p.test for p in plans.values())}"
         several = len(names) > 1
-        with mlflow.start_run(run_name=run_name, experiment_id=experiment_id) as parent:
+        with mlflow.start_run(run_name=run_name, experiment_id=experiment_id, tags=process_tags()) as parent:
             mlflow.set_tags(
                 {
                     "task": ",".join(names),
@@ -625,7 +626,9 @@ class Trainer:
             )
             mlflow.log_params({"task": ",".join(names), "tasks": ",".join(names), "as_of": str(as_of or "latest")})
             for name in names:
-                with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as child:
+                with mlflow.start_run(
+                    run_name=name, nested=True, experiment_id=experiment_id, tags=process_tags()
+                ) as child:
                     r = self.run_task(name, plans[name], names, register, promote)
                     r.run_id = child.info.run_id
                 results[name] = r
