@@ -54,17 +54,18 @@ def import_seconds(statement: str, repeats: int = 3) -> float:
 def build_shop(home: Path, customers: int, days: int, start: date) -> None:
     """Simulate, collect and validate a shop under ``home`` unless it is there already."""
     from propensity import pipeline
-    from propensity.config import Settings
+    from propensity.config import DirtConfig, Settings
     from propensity.simulate import simulate
 
     s = Settings(home=home, validation={"docs": False})
-    if (home / "lake" / "clean").exists():
+    if (home / "built").exists():
         return
     t0 = time.perf_counter()
-    simulate(s, customers=customers, days=days, start=start, seed=7)
+    simulate(s, dirt_cfg=DirtConfig(rate=0.0), customers=customers, days=days, start=start, seed=7)
     span = pipeline.day_range(start, start + timedelta(days=days - 1))
     pipeline.collect(s, span)
     pipeline.validate(s, span).raise_for_critical()
+    (home / "built").touch()
     print(f"shop: {customers:,} customers x {days} days built in {time.perf_counter() - t0:.0f} s under {home}")
 
 

@@ -206,9 +206,11 @@ class Lake:
     def manifest(self, zone: str, table: str, parts: Mapping[str, str]) -> dict[str, Any] | None:
         """The partition's manifest, None when unpublished; :class:`LakeIntegrityError` when unreadable."""
         key = f"{partition_path(zone, table, parts)}/{MANIFEST}"
-        if not self.store.exists(key):
+        try:  # one GET, not HEAD + GET: every stage reads manifests by the hundred
+            data = self.store.get_bytes(key)
+        except FileNotFoundError:
             return None
-        return parse_manifest(self.store.get_bytes(key), describe(zone, table, parts, MANIFEST))
+        return parse_manifest(data, describe(zone, table, parts, MANIFEST))
 
     def partitions(self, zone: str, table: str) -> list[dict[str, str]]:
         """Visible partitions (those with a manifest), sorted by their values."""

@@ -14,6 +14,7 @@ every rule is evaluated per partition, so one day validated alone gives the same
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from propensity.contracts import TABLES, TableContract, contract
 from propensity.errors import DataQualityError
 from propensity.lake import Lake
 from propensity.validation import checks as ck
+from propensity.validation.keys import key_index
 from propensity.validation.runner import CheckResult, GXRunner
 
 log = logging.getLogger(__name__)
@@ -275,9 +277,21 @@ class Gate:
         """Every key the raw zone has for ``table`` (any date: CDC puts updated rows at their update date)."""
         k = f"{table}.{column}"
         if k not in self._keys:
-            t = self.lake.read_table(RAW, table, columns=[column])
-            self._keys[k] = pc.unique(t.column(column)) if t is not None else pa.array([], pa.string())
+            self._keys[k] = key_index(self.lake, table, column)
         return self._keys[k]
+
+    def _history_counts(self, table: str, present: list[str], dts: Sequence[str]) -> dict[str, int]:
+        """Row counts of the partitions the volume bands of ``dts`` look back at, and no others:
+        a day's validation reads ``volume.history`` manifests, not the whole history's."""
+        v = self.settings.validation.volume
+        if table not in v.tables:
+            return {}
+        need: set[str] = set()
+        for dt in dts:
+            i = bisect.bisect_left(present, dt)
+            need.update(present[max(0, i - v.history) : i])
+        docs = {d: self.lake.manifest(RAW, table, {"dt": d}) for d in sorted(need - set(dts))}
+        return {d: int(m["row_count"]) for d, m in docs.items() if m is not None}
 
     def validate(self, dts: Iterable[str | date], tables: Iterable[str] | None = None) -> list[PartitionOutcome]:
         days = sorted({d if isinstance(d, str) else d.isoformat() for d in dts})
@@ -289,10 +303,7 @@ class Gate:
     def validate_table(self, table: str, dts: Sequence[str]) -> list[PartitionOutcome]:
         tc = contract(table)
         manifests = {p["dt"]: p for p in self.lake.partitions(RAW, table)}
-        counts = {}
-        for dt in sorted(manifests):
-            m = self.lake.manifest(RAW, table, {"dt": dt})
-            counts[dt] = int(m["row_count"]) if m else 0
+        counts = self._history_counts(table, sorted(manifests), dts)
         outcomes: dict[str, PartitionOutcome] = {}
         profile: list[dict[str, Any]] = []
         batches: list[tuple[str, pa.Table]] = []
@@ -303,7 +314,7 @@ class Gate:
                 continue
             raw = self.lake.read_partition(RAW, table, {"dt": dt})
             assert raw is not None
-            out.rows_in = raw.num_rows
+            out.rows_in = counts[dt] = raw.num_rows  # the baseline of the run's later days
             missing, extra, retyped = schema_drift(tc, raw.schema)
             _, end = _interval(dt)
             lag = None
