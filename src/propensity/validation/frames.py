@@ -17,14 +17,16 @@ than the feature work of a 3,000-customer shop). The gate keeps GX and its Data 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import polars as pl
 import pyarrow as pa
 
 from propensity.errors import DataQualityError
 from propensity.validation.checks import Check, Expect
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SAMPLE = 5
 
