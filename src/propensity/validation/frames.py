@@ -61,32 +61,31 @@ def _bound(col: pl.Expr, lo: Any, hi: Any, strict_lo: bool, strict_hi: bool) -> 
     return ok
 
 
-def _rows(df: pl.DataFrame, check: Check, bad: pl.Expr, column: str | None) -> CheckOutcome:
-    """A row check: ``bad`` marks failing rows (nulls already excluded where GX excludes them)."""
-    failing = df.filter(bad.fill_null(False))
-    sample = failing[column].head(SAMPLE).to_list() if column and column in df.columns else []
-    return CheckOutcome(check, failing.height == 0, failing.height, None, sample)
-
-
 def _table(check: Check, observed: Any, ok: bool) -> CheckOutcome:
     return CheckOutcome(check, bool(ok), 0, observed)
 
 
-def _unique(df: pl.DataFrame, check: Check, cols: list[str]) -> CheckOutcome:
+def _unique(cols: list[str]) -> pl.Expr:
     present = pl.all_horizontal([pl.col(c).is_not_null() for c in cols])
-    return _rows(df, check, present & pl.struct(cols).is_duplicated(), cols[0])
+    return present & pl.struct(cols).is_duplicated()
 
 
-EVALUATORS: dict[str, Callable[[pl.DataFrame, Check, dict[str, Any]], CheckOutcome]] = {
-    "ExpectColumnValuesToNotBeNull": lambda df, c, k: _rows(df, c, pl.col(k["column"]).is_null(), k["column"]),
-    "ExpectColumnValuesToBeUnique": lambda df, c, k: _unique(df, c, [k["column"]]),
-    "ExpectCompoundColumnsToBeUnique": lambda df, c, k: _unique(df, c, list(k["column_list"])),
-    "ExpectColumnValuesToBeInSet": lambda df, c, k: _rows(
-        df, c, pl.col(k["column"]).is_not_null() & ~pl.col(k["column"]).is_in(list(k["value_set"])), k["column"]
+def _pair(k: dict[str, Any]) -> pl.Expr:
+    a, b = pl.col(k["column_A"]), pl.col(k["column_B"])
+    return ~((a >= b) if k.get("or_equal") else (a > b))
+
+
+#: row checks: an expression marking the failing rows (null = not failing, as GX skips nulls)
+#: and the column whose values a failure quotes
+ROW_RULES: dict[str, Callable[[dict[str, Any]], tuple[pl.Expr, str]]] = {
+    "ExpectColumnValuesToNotBeNull": lambda k: (pl.col(k["column"]).is_null(), k["column"]),
+    "ExpectColumnValuesToBeUnique": lambda k: (_unique([k["column"]]), k["column"]),
+    "ExpectCompoundColumnsToBeUnique": lambda k: (_unique(list(k["column_list"])), k["column_list"][0]),
+    "ExpectColumnValuesToBeInSet": lambda k: (
+        pl.col(k["column"]).is_not_null() & ~pl.col(k["column"]).is_in(list(k["value_set"])),
+        k["column"],
     ),
-    "ExpectColumnValuesToBeBetween": lambda df, c, k: _rows(
-        df,
-        c,
+    "ExpectColumnValuesToBeBetween": lambda k: (
         ~_bound(
             pl.col(k["column"]),
             k.get("min_value"),
@@ -96,21 +95,7 @@ EVALUATORS: dict[str, Callable[[pl.DataFrame, Check, dict[str, Any]], CheckOutco
         ),
         k["column"],
     ),
-    "ExpectColumnPairValuesAToBeGreaterThanB": lambda df, c, k: _rows(
-        df,
-        c,
-        ~(
-            (pl.col(k["column_A"]) >= pl.col(k["column_B"]))
-            if k.get("or_equal")
-            else (pl.col(k["column_A"]) > pl.col(k["column_B"]))
-        ),
-        k["column_B"],
-    ),
-    "ExpectTableRowCountToBeBetween": lambda df, c, k: _table(
-        c, df.height, df.select(_bound(pl.lit(df.height), k.get("min_value"), k.get("max_value"), False, False)).item()
-    ),
-    "ExpectColumnProportionOfNonNullValuesToBeBetween": lambda df, c, k: _non_null(df, c, k),
-    "ExpectTableColumnsToMatchSet": lambda df, c, k: _table(c, df.columns, set(df.columns) == set(k["column_set"])),
+    "ExpectColumnPairValuesAToBeGreaterThanB": lambda k: (_pair(k), k["column_B"]),
 }
 
 
@@ -120,15 +105,56 @@ def _non_null(df: pl.DataFrame, check: Check, k: dict[str, Any]) -> CheckOutcome
     return _table(check, share, (lo is None or share >= lo) and (hi is None or share <= hi))
 
 
+#: table checks: the verdict from the frame's shape or one aggregate
+TABLE_RULES: dict[str, Callable[[pl.DataFrame, Check, dict[str, Any]], CheckOutcome]] = {
+    "ExpectTableRowCountToBeBetween": lambda df, c, k: _table(
+        c,
+        df.height,
+        (k.get("min_value") is None or df.height >= k["min_value"])
+        and (k.get("max_value") is None or df.height <= k["max_value"]),
+    ),
+    "ExpectColumnProportionOfNonNullValuesToBeBetween": _non_null,
+    "ExpectTableColumnsToMatchSet": lambda df, c, k: _table(c, df.columns, set(df.columns) == set(k["column_set"])),
+}
+
+
+def _expect(check: Check) -> Expect:
+    exp = check.expectation
+    if not isinstance(exp, Expect) or exp.kind not in ROW_RULES | TABLE_RULES:
+        raise TypeError(f"check {check.id} has no Polars evaluation ({type(exp).__name__}); run it through the gate")
+    return exp
+
+
+def _missing_columns(df: pl.DataFrame, exp: Expect) -> list[str]:
+    named = [exp.kwargs.get(k) for k in ("column", "column_A", "column_B")] + list(exp.kwargs.get("column_list", []))
+    return [c for c in named if c is not None and c not in df.columns]
+
+
+def evaluate_all(df: pl.DataFrame, checks: Sequence[Check]) -> list[CheckOutcome]:
+    """Every check on ``df``: the row checks' failure counts in one pass over the frame, samples
+    only for the failing ones (a feature table has a hundred range checks)."""
+    outcomes: dict[int, CheckOutcome] = {}
+    rows: dict[int, tuple[pl.Expr, str]] = {}
+    for i, c in enumerate(checks):
+        exp = _expect(c)
+        missing = _missing_columns(df, exp)
+        if missing:
+            outcomes[i] = _table(c, f"column {missing[0]!r} is missing", False)
+        elif exp.kind in ROW_RULES:
+            rows[i] = ROW_RULES[exp.kind](exp.kwargs)
+        else:
+            outcomes[i] = TABLE_RULES[exp.kind](df, c, exp.kwargs)
+    if rows:
+        counts = df.select([bad.fill_null(False).sum().alias(str(i)) for i, (bad, _) in rows.items()]).row(0)
+        for (i, (bad, column)), n in zip(rows.items(), counts, strict=True):
+            sample = df.filter(bad.fill_null(False))[column].head(SAMPLE).to_list() if n else []
+            outcomes[i] = CheckOutcome(checks[i], n == 0, int(n), None, sample)
+    return [outcomes[i] for i in range(len(checks))]
+
+
 def evaluate(df: pl.DataFrame, check: Check) -> CheckOutcome:
     """One declared check on ``df``, with great-expectations' semantics, in Polars."""
-    exp = check.expectation
-    if not isinstance(exp, Expect) or exp.kind not in EVALUATORS:
-        raise TypeError(f"check {check.id} has no Polars evaluation ({type(exp).__name__}); run it through the gate")
-    column = exp.kwargs.get("column")
-    if column is not None and column not in df.columns:
-        return _table(check, f"column {column!r} is missing", False)
-    return EVALUATORS[exp.kind](df, check, exp.kwargs)
+    return evaluate_all(df, [check])[0]
 
 
 def check_frame(name: str, data: pd.DataFrame | pa.Table | pl.DataFrame, checks: Sequence[Check]) -> FrameResult:
@@ -142,7 +168,7 @@ def check_frame(name: str, data: pd.DataFrame | pa.Table | pl.DataFrame, checks:
     )
     assert isinstance(df, pl.DataFrame)
     df = df.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None))  # NaN is null, as in GX on pandas
-    result = FrameResult(name, [evaluate(df, c) for c in checks])
+    result = FrameResult(name, evaluate_all(df, checks))
     failed = result.failed()
     if failed:
         lines = []
