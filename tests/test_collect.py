@@ -156,3 +156,18 @@ def test_postgres_source_extraction(tmp_path, postgres):
         ta, tb = a.read_table("raw", name), b.read_table("raw", name)
         assert ta.num_rows == tb.num_rows > 0, name
         assert ta.equals(tb), f"{name}: PostgreSQL extraction differs from SQLite"
+
+
+@pytest.mark.slow  # needs the session's validated small shop (minutes when it is not built yet)
+def test_bulk_clean_publishes_the_rows_collect_and_validate_do(clean_zone, clean_bulk):
+    """Tests that read the clean zone as a whole use ``clean_bulk`` (conftest.bulk_clean):
+    on the clean shop it holds exactly the rows that collecting and validating every day publish."""
+    import polars as pl
+
+    daily, bulk = Lake.open(clean_zone.lake_uri), Lake.open(clean_bulk.lake_uri)
+    assert daily.store.uri != bulk.store.uri
+    for name in TABLES:
+        a, b = (pl.from_arrow(lake.read_table("clean", name)) for lake in (daily, bulk))
+        assert a.schema == b.schema, name
+        assert a.height > 0 and a.sort(a.columns).equals(b.sort(b.columns)), name
+        assert len(bulk.partitions("clean", name)) == 1

@@ -37,7 +37,7 @@ END = START + timedelta(days=DAYS - 1)
 DAY = END.isoformat()  # faults go into the last day: 13 days of history before it
 CUSTOMERS = 5000  # enough traffic that a 90% drop in events is far outside the volume band
 
-from conftest import ONLINE_RETAIL  # noqa: E402
+from conftest import ONLINE_RETAIL_DAYS  # noqa: E402
 
 # --- fixtures ------------------------------------------------------------------------------
 
@@ -59,7 +59,9 @@ def lake_copy(shop_lake, tmp_path) -> Path:
 
 
 def _settings(tmp_path: Path, lake_dir: Path, **validation) -> Settings:
-    return Settings(home=tmp_path / "home", lake=f"file://{lake_dir}", validation=validation)
+    """Data Docs off unless asked for: a site costs about as much as the checks, and no fault
+    test reads it; the tests that keep the production default render failing results into it."""
+    return Settings(home=tmp_path / "home", lake=f"file://{lake_dir}", validation={"docs": False, **validation})
 
 
 def _inject(lake: Lake, table: str, fault: Callable[[pa.Table], pa.Table], day: str = DAY) -> pa.Table:
@@ -234,7 +236,7 @@ def test_row_level_fault_is_quarantined(fault: Fault, lake_copy, tmp_path):
 
 @pytest.mark.parametrize("fault", CRITICAL_FAULTS, ids=str)
 def test_critical_fault_stops_publication(fault: Fault, lake_copy, tmp_path):
-    settings = _settings(tmp_path, lake_copy)
+    settings = _settings(tmp_path, lake_copy, docs=True)
     lake = Lake.open(settings.lake_uri)
     bad = _inject(lake, fault.table, fault.inject)
 
@@ -312,8 +314,9 @@ def _published_files(lake: Lake) -> dict[str, object]:
     return out
 
 
+@pytest.mark.slow  # every table validated twice, with Data Docs
 def test_revalidation_is_idempotent(lake_copy, tmp_path):
-    settings = _settings(tmp_path, lake_copy)
+    settings = _settings(tmp_path, lake_copy, docs=True)
     lake = Lake.open(settings.lake_uri)
     _inject(lake, "order_items", _set("unit_price", -5.0))
     _inject(lake, "events", _duplicate_first(3))
@@ -389,24 +392,12 @@ FINDING = re.compile(r"^(\w+) on column (\S+): ([\d,]+) row\(s\)")
 
 
 @pytest.fixture(scope="module")
-def online_retail(tmp_path_factory) -> tuple[Settings, list[PartitionOutcome]]:
-    if not ONLINE_RETAIL.exists():
-        pytest.skip(f"dataset not available: {ONLINE_RETAIL}")
-    from propensity.importers import import_online_retail
-    from propensity.sources.oltp import ShopDB
-
-    settings = Settings(home=tmp_path_factory.mktemp("online_retail"))
-    settings.home_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    db = ShopDB(settings.shop_db_url)
-    import_online_retail(ONLINE_RETAIL, db)
-    db.dispose()
-    first, last = date(2010, 12, 1), date(2011, 12, 9)
-    collect(settings, first, last)
-    t1 = time.perf_counter()
+def online_retail(online_retail_zone) -> tuple[Settings, list[PartitionOutcome]]:
+    """UCI Online Retail imported, collected and validated with the production settings
+    (built once per session, shared with the features tests)."""
+    settings, outcomes, seconds = online_retail_zone.settings, online_retail_zone.outcomes, online_retail_zone.seconds
+    first, last = ONLINE_RETAIL_DAYS
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    outcomes = Gate(settings).validate(days)
-    t2 = time.perf_counter()
 
     flagged: Counter[tuple[str, str, str]] = Counter()
     for o in outcomes:
@@ -418,7 +409,10 @@ def online_retail(tmp_path_factory) -> tuple[Settings, list[PartitionOutcome]]:
         for rule, n in o.quarantined.items():
             quarantined[(o.table, rule)] += n
     critical = Counter((o.table, m.split(":")[0]) for o in outcomes for m in o.critical)
-    print(f"\nOnline Retail: import+collect {t1 - t0:.1f} s, validate {len(days)} days {t2 - t1:.1f} s")
+    print(
+        f"\nOnline Retail: import+collect {seconds['import'] + seconds['collect']:.1f} s, "
+        f"validate {len(days)} days {seconds['validate']:.1f} s"
+    )
     print(f"  rows in: {sum(o.rows_in for o in outcomes):,}; partitions published "
           f"{sum(o.published for o in outcomes):,}/{len(outcomes):,}")  # fmt: skip
     print("  rows flagged by row rules (all partitions):", dict(flagged))
