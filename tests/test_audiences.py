@@ -170,6 +170,7 @@ def scored_shop(clean_zone, tmp_path_factory) -> Settings:
     return s
 
 
+@pytest.mark.slow  # the validated small shop, trained and scored
 def test_scores_are_validated_probabilities_from_the_pyfunc(scored_shop):
     s = scored_shop
     lake = Lake.open(s.lake_uri)
@@ -190,6 +191,7 @@ def test_scores_are_validated_probabilities_from_the_pyfunc(scored_shop):
         np.testing.assert_allclose(p, sc.head(200)["score"].to_numpy(), rtol=1e-9)
 
 
+@pytest.mark.slow  # the validated small shop, trained and scored
 def test_signature_mismatch_stops_and_writes_nothing(scored_shop, tmp_path):
     s = scored_shop
     lake = Lake.open(s.lake_uri)
@@ -207,6 +209,7 @@ def test_signature_mismatch_stops_and_writes_nothing(scored_shop, tmp_path):
     assert not [p for p in lake.partitions("scores", "") if p["dt"] == day]
 
 
+@pytest.mark.slow  # the validated small shop, trained and scored
 def test_audiences_publish_rerun_identical_and_measure(scored_shop):
     s = scored_shop
     first = build(s, D)
@@ -253,6 +256,7 @@ def test_audiences_publish_rerun_identical_and_measure(scored_shop):
     assert u.uplift_abs_ci[0] <= u.uplift_abs <= u.uplift_abs_ci[1]
 
 
+@pytest.mark.slow  # the validated small shop, trained and scored
 def test_dry_run_publishes_nothing(scored_shop):
     s = scored_shop
     store = open_store(s.export_uri)
@@ -264,6 +268,7 @@ def test_dry_run_publishes_nothing(scored_shop):
     assert not [p for p in Lake.open(s.lake_uri).partitions("audiences", "") if p["dt"] == d2.isoformat()]
 
 
+@pytest.mark.slow  # the validated small shop, trained and scored
 def test_crm_table_in_postgresql(scored_shop, postgres):
     import sqlalchemy as sa
 
