@@ -12,6 +12,7 @@ partial runs. The lake, importer and resilience findings of the same issue are i
 from __future__ import annotations
 
 import shutil
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -98,6 +99,25 @@ def shop(trained_home, tmp_path) -> Settings:
     return shop_settings(home)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db_shop(request, shop) -> Settings:
+    """``shop``, with its shop database (and so its CRM table) in SQLite or in PostgreSQL."""
+    if request.param == "sqlite":
+        return shop
+    from propensity.contracts import OLTP_TABLES
+
+    url = request.getfixturevalue("postgres").create_database(f"faults_{uuid.uuid4().hex[:12]}")
+    source, target = ShopDB(shop.shop_db_url), ShopDB(url)
+    try:
+        target.create_schema()
+        target.replace({name: source.extract(name) for name in OLTP_TABLES})
+    finally:
+        source.dispose()
+        target.dispose()
+    audiences = shop.audiences.model_copy(update={"crm_db": None})  # the CRM lives in the shop database
+    return shop.model_copy(update={"shop_db": url, "audiences": audiences})
+
+
 # helpers ------------------------------------------------------------------------------
 
 
@@ -151,8 +171,9 @@ def assert_one_audience_per_customer(s: Settings, day: date) -> None:
 # findings ---------------------------------------------------------------------------------
 
 
-def test_opt_out_after_the_snapshot_is_never_exported(shop):
+def test_opt_out_after_the_snapshot_is_never_exported(any_db_shop):
     """Finding 1: the snapshot of D was built before the opt-out; audiences reuse it."""
+    shop = any_db_shop
     build(shop, D)
     first = exported(shop, D)
     by_channel = pl.concat(first.values()).unique("customer_id", keep="first").sort("customer_id")
