@@ -7,10 +7,19 @@ the pytest process would also make the test depend on whatever another test impo
 first. So every Airflow action here runs in a fresh ``sys.executable`` child whose
 environment is built from scratch (no inherited ``AIRFLOW__*``/``PROPENSITY_*``):
 the child is this very file run as a script, with a sub-command, printing one JSON
-line as its result. Each child costs ~3 s of ``import airflow``, so the metadata DB is
-created (from the ORM, ~1 s) and the DAGs folder parsed once per session, in one child,
-and several ``dag.test()`` runs can share one child (params are reset between them: a
-run's conf does not leak into the next, see :func:`_param_defaults`).
+line as its result. Each child costs ~3 s of ``import airflow`` and its first task ~5 s
+more to build the in-process Execution API app (20 s and 45 s on a loaded 2-core machine),
+so the metadata DB is created (from the ORM, ~1 s) and the DAGs folder parsed once per
+session, and several ``dag.test()`` runs can share one child (params are reset between
+them: a run's conf does not leak into the next, see :func:`_param_defaults`).
+
+The session's :class:`AirflowEnv` is ``persistent``: ONE child (``serve``) runs every
+action of the session, one JSON command per line on its stdin, so Airflow is imported and
+the Execution API app built once, not once per DAG under test. Each command still gets
+what a fresh child got: the DAGs folder parsed again (DAG files read the configuration
+when parsed), the command's extra environment, and afterwards the child's environment
+restored exactly (a task exporting ``PROPENSITY_CONFIG`` does not reach the next command).
+A command that times out or kills the child ends it; the next command starts a new one.
 
 Use the ``airflow_env`` fixture (session-scoped)::
 
@@ -31,9 +40,13 @@ import contextlib
 import copy
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +57,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = ROOT / "dags"
 RESULT_MARK = "@@RESULT@@ "
 RUN_MARK = "@@RUN@@"
+DONE_MARK = "@@DONE@@ "  # a persistent child's command is over: "ok" or "error"
 _SCRUB_PREFIXES = ("AIRFLOW__", "AIRFLOW_", "PROPENSITY_", "_AIRFLOW")
+KEEP_FSYNC_ENV = "PROPENSITY_TEST_FSYNC"  # "1": real fsyncs in the child too (see conftest._no_fsync)
 
 
 def airflow_environ(home: Path, dags_folder: Path = DAGS_FOLDER) -> dict[str, str]:
@@ -64,17 +79,24 @@ def airflow_environ(home: Path, dags_folder: Path = DAGS_FOLDER) -> dict[str, st
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if os.environ.get(KEEP_FSYNC_ENV):  # the one PROPENSITY_* switch of the test harness itself
+        env[KEEP_FSYNC_ENV] = os.environ[KEEP_FSYNC_ENV]
     return env
 
 
 @dataclass
 class AirflowEnv:
-    """An initialised Airflow home; runs Airflow actions in isolated child processes."""
+    """An initialised Airflow home; runs Airflow actions in isolated child processes
+    (one child per action, or with ``persistent`` one child for every action; see the module
+    docstring). A persistent environment is ended with :meth:`close`."""
 
     home: Path
     dags_folder: Path = DAGS_FOLDER
     timings: dict[str, float] = field(default_factory=dict)
     dag_report: dict[str, Any] | None = None
+    persistent: bool = False
+    _worker: subprocess.Popen | None = field(default=None, repr=False)
+    _output: queue.Queue | None = field(default=None, repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -83,25 +105,86 @@ class AirflowEnv:
     def run(self, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 300) -> Any:
         """Run a sub-command of this file in a child process; returns its JSON result."""
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, __file__, *args],
-            env={**self.env, **(extra_env or {})},
-            cwd=self.home,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,  # one stream, so log lines keep their order
-            text=True,
-            timeout=timeout,
-        )
-        self.timings[args[0]] = round(time.perf_counter() - t0, 2)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
-        if proc.returncode != 0 or not lines:
-            raise AssertionError(
-                f"airflow child {args} failed (rc={proc.returncode})\n--- output ---\n{proc.stdout[-20000:]}"
+        if self.persistent:
+            ok, output = self._ask(list(args), extra_env or {}, timeout)
+            status = "persistent child"
+        else:
+            proc = subprocess.run(
+                [sys.executable, __file__, *args],
+                env={**self.env, **(extra_env or {})},
+                cwd=self.home,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,  # one stream, so log lines keep their order
+                text=True,
+                timeout=timeout,
             )
+            ok, output, status = proc.returncode == 0, proc.stdout, f"rc={proc.returncode}"
+        self.timings[args[0]] = round(time.perf_counter() - t0, 2)
+        lines = [ln for ln in output.splitlines() if ln.startswith(RESULT_MARK)]
+        if not ok or not lines:
+            raise AssertionError(f"airflow child {args} failed ({status})\n--- output ---\n{output[-20000:]}")
         result = json.loads(lines[-1][len(RESULT_MARK) :])
         if isinstance(result, dict):
-            result["_log"] = proc.stdout
+            result["_log"] = output
         return result
+
+    def _ask(self, args: list[str], extra_env: dict[str, str], timeout: float) -> tuple[bool, str]:
+        """One command to the persistent child (started if needed): (succeeded, its output)."""
+        if self._worker is None or self._worker.poll() is not None:
+            self._start()
+        assert self._worker is not None and self._worker.stdin is not None and self._output is not None
+        self._worker.stdin.write(json.dumps({"args": args, "env": extra_env}) + "\n")
+        self._worker.stdin.flush()
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._output.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.close()
+                raise AssertionError(
+                    f"airflow child {args} timed out after {timeout:.0f} s\n--- output ---\n{''.join(lines)[-20000:]}"
+                ) from None
+            if line is None:  # the child is gone
+                self.close()
+                return False, "".join(lines) + "\n(the persistent airflow child exited)"
+            if line.startswith(DONE_MARK):
+                return line[len(DONE_MARK) :].strip() == "ok", "".join(lines)
+            lines.append(line)
+
+    def _start(self) -> None:
+        self.close()
+        self._worker = subprocess.Popen(
+            [sys.executable, __file__, "serve"],
+            env=self.env,
+            cwd=self.home,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._output = out = queue.Queue()
+        stream = self._worker.stdout
+
+        def pump() -> None:
+            for line in stream:
+                out.put(line)
+            out.put(None)
+
+        threading.Thread(target=pump, name="airflow-child-output", daemon=True).start()
+
+    def close(self) -> None:
+        """End the persistent child, if any (it exits when its stdin closes)."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        with contextlib.suppress(OSError):
+            worker.stdin.close()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
     def init_db(self) -> dict[str, Any]:
         """Create the metadata DB; the same child also parses the DAGs (saves one ``import airflow``)."""
@@ -149,13 +232,17 @@ class AirflowEnv:
 
 
 @pytest.fixture(scope="session")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
-    """A fresh AIRFLOW_HOME with an initialised SQLite metadata DB, shared by the session."""
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowEnv]:
+    """A fresh AIRFLOW_HOME with an initialised SQLite metadata DB, shared by the session,
+    and one persistent Airflow child for all of its actions."""
     home = tmp_path_factory.mktemp("airflow_home")
     (home / "plugins").mkdir()
-    env = AirflowEnv(home)
-    env.init_db()
-    return env
+    env = AirflowEnv(home, persistent=True)
+    try:
+        env.init_db()
+        yield env
+    finally:
+        env.close()
 
 
 # Child-process side -------------------------------------------------------------------
@@ -342,10 +429,42 @@ def _dag_test(dag_id: str, runs: str, retries: str) -> dict[str, Any]:
     return {"runs": results}
 
 
+HANDLERS = {"init-db": _init_db, "import-dags": _import_dags, "dag-test": _dag_test}
+
+
+def _serve() -> None:
+    """The persistent child: one JSON command per stdin line, each followed by ``DONE_MARK``;
+    the environment is the command's during it and restored exactly after it."""
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        command = json.loads(line)
+        before = dict(os.environ)
+        os.environ.update(command.get("env") or {})
+        status = "ok"
+        try:
+            name, *args = command["args"]
+            _emit(HANDLERS[name](*args))
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # SystemExit too: report it, keep serving
+            traceback.print_exc()
+            status = "error"
+        finally:
+            os.environ.clear()
+            os.environ.update(before)
+            sys.stderr.flush()
+            print(DONE_MARK + status, flush=True)
+
+
 def main(argv: list[str]) -> None:
     command, *args = argv
-    handlers = {"init-db": _init_db, "import-dags": _import_dags, "dag-test": _dag_test}
-    _emit(handlers[command](*args))
+    if os.environ.get(KEEP_FSYNC_ENV) != "1":
+        os.fsync = lambda fd: None  # throw-away lake, as in the pytest process (conftest._no_fsync)
+    if command == "serve":
+        _serve()
+    else:
+        _emit(HANDLERS[command](*args))
 
 
 if __name__ == "__main__":
