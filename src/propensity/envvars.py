@@ -71,6 +71,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("AWS_REGION", Deploy.OPTIONAL, "fallback of AWS_DEFAULT_REGION"),
     EnvVar("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", Deploy.OPTIONAL, "set to false by propensity.models.tracking"),
     EnvVar("GX_ANALYTICS_ENABLED", Deploy.OPTIONAL, "set to False by propensity.validation"),
+    EnvVar("PROPENSITY_PROGRESS", Deploy.OPTIONAL, "0/off: no progress bar even on a terminal (propensity.progress)"),
+    EnvVar("AIRFLOW_CTX_DAG_ID", Deploy.OPTIONAL, "set by Airflow in tasks: progress is logged, never drawn"),
+    EnvVar(
+        "PROPENSITY_S3_OUTAGE_SECONDS", Deploy.OPTIONAL, "how long S3 calls keep retrying an unreachable store (60)"
+    ),
     # read by third-party clients on our behalf
     EnvVar("AWS_ACCESS_KEY_ID", Deploy.SECRET, "S3 credentials of the application (boto3, pyarrow, MLflow)"),
     EnvVar("AWS_SECRET_ACCESS_KEY", Deploy.SECRET, "S3 credentials of the application (boto3, pyarrow, MLflow)"),
