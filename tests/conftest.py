@@ -7,10 +7,12 @@ dependency, so the same code can back a local dev stack.
 
 Shops are built once per session too. A simulated shop costs seconds, collecting and
 validating it into the lake minutes, so :func:`shared_shop` keeps one shop per set of
-parameters in the session's temporary folder, and builds each stage (sources, raw, clean)
-at most once; the Online Retail data set is imported, collected and validated once
-(:func:`online_retail_zone`). Shared shops are READ-ONLY: a test that writes to one
-works on a :func:`copy_shop` (copying a lake is cheap next to rebuilding it).
+parameters in the session's temporary folder, and builds each stage (sources, raw, clean,
+bulk) at most once: ``clean_zone`` is the small shop validated day by day, ``clean_bulk``
+the same rows put straight into a clean zone (for tests that read it as a whole). The
+Online Retail data set is imported once (:func:`online_retail_db`) and collected and
+validated once (:func:`online_retail_zone`). Shared shops are READ-ONLY: a test that
+writes to one works on a :func:`copy_shop` (copying a lake is cheap next to rebuilding it).
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ KEEP_FSYNC = os.environ.get("PROPENSITY_TEST_FSYNC") == "1"
 @pytest.fixture(scope="session", autouse=True)
 def _no_fsync() -> Iterator[None]:
     """Every local put fsyncs its file before the rename (durability on power loss, which no
-    test can observe); on a disk shared with other jobs that was a quarter to a third of the
-    wall time of collecting and validating a shop. Test data is throw-away, so the test
+    test can observe); on a disk shared with other jobs that was about a quarter of the wall
+    time of collecting and validating a shop. Test data is throw-away, so the test
     process skips the flush, as the test PostgreSQL does (``fsync=off``). Atomicity is
     untouched: the write-to-temp + ``os.replace`` still runs, and a test may still patch
     ``os.fsync`` itself."""
