@@ -128,7 +128,6 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     assert json.loads((tmp_path / "report.json").read_text())["tasks"]["churn"]["model_version"] == "1"
 
 
-@pytest.mark.slow  # two tuned fits of four trials each
 def test_optuna_tuning_is_bounded_and_reproducible(clean_bulk):
     clean_shop = clean_bulk
     s = clean_shop.model_copy(
