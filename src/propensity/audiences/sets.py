@@ -105,11 +105,12 @@ def _name_max(root: Path) -> int:
         return 255
 
 
-def set_id(day: str, parts: list[AudienceFiles]) -> str:
-    """Digest of the whole set: the same inputs give the same id in both manifests."""
+def set_id(day: str, parts: list[AudienceFiles], payloads: list[bytes]) -> str:
+    """Digest of the whole set (``payloads``: each part's members as Parquet): the same inputs
+    give the same id in both manifests."""
     h = hashlib.sha256(day.encode())
-    for p in sorted(parts, key=lambda p: p.name):
-        h.update(p.name.encode() + hashlib.sha256(parquet_bytes(p.members.to_arrow())).digest())
+    for p, payload in sorted(zip(parts, payloads, strict=True), key=lambda pair: pair[0].name):
+        h.update(p.name.encode() + hashlib.sha256(payload).digest())
         h.update(hashlib.sha256(p.csv).digest())
     return h.hexdigest()[:16]
 
@@ -131,11 +132,11 @@ def publish_set(
     Returns the export URI of each audience's CSV.
     """
     check_paths(lake, exports, day, [p.name for p in parts])
-    sid = set_id(day, parts)
+    payloads = [parquet_bytes(p.members.to_arrow()) for p in parts]  # encoded once: digest and file
+    sid = set_id(day, parts, payloads)
     lbase, ebase = lake_base(day), export_base(day)
     lake_files, export_entries, uris = [], {}, {}
-    for p in parts:
-        payload = parquet_bytes(p.members.to_arrow())
+    for p, payload in zip(parts, payloads, strict=True):
         digest = hashlib.sha256(payload).hexdigest()
         name = f"audience={p.name}.{digest[:12]}.parquet"  # names hold no dots: unambiguous
         lake.store.put_bytes(f"{lbase}/{name}", payload)
