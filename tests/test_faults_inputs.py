@@ -230,6 +230,8 @@ def _settings_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, doc: dict | 
     path = tmp_path / "propensity.yaml"
     path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
     monkeypatch.setenv(CONFIG_ENV, str(path))  # load_settings exports it: restored after the test
+    # `make test` exports PROPENSITY_HOME, which (as an env var) rightly overrides the YAML's home
+    monkeypatch.delenv("PROPENSITY_HOME", raising=False)
     return load_settings(path)
 
 
