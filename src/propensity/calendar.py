@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from propensity.config import load_yaml
 from propensity.errors import FinalError
 
 WINDOWS = (14, 30, 60, 90)
@@ -123,7 +124,7 @@ class PromotionCalendar:
         if path is None:
             return cls()
         try:
-            doc = yaml.safe_load(Path(path).read_text())
+            doc = load_yaml(Path(path).read_text())
         except (OSError, yaml.YAMLError) as exc:
             raise CalendarError(f"{path}: cannot read the promotion calendar: {exc}") from exc
         return cls.parse(doc, str(path))

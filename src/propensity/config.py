@@ -105,10 +105,16 @@ def _unknown_inside(annotation: Any, value: Any, path: tuple[str | int, ...]) ->
             yield from _unknown_inside(args[0], item, (*path, i))
 
 
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` through libyaml's C loader when PyYAML has it: the same documents and
+    errors, about ten times faster (the feature catalogue took a quarter of a second in Python)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def read_yaml_mapping(path: Path | Traversable, what: str) -> dict[str, Any]:
     """Parse a YAML file that must hold a mapping (empty: ``{}``); every failure is one line naming the file."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -159,12 +159,15 @@ def validate(settings: Settings, days: Sequence[date], tables: Iterable[str] | N
     """Gate ``raw`` into ``clean``/``quarantine`` for ``days`` in one pass (one great-expectations
     context for every table and day). Partitions that pass are published even when others fail;
     the record says which failed (:meth:`ValidateRecord.raise_for_critical`)."""
+    from propensity import history
     from propensity.validation import Gate
 
     names = selected_tables(tables)
     dts = sorted({d.isoformat() for d in days})
     gate = Gate(settings)
     outcomes = gate.validate(dts, names)
+    for name in names:  # every COMPACT_AFTER days published: every reader of the past reads a few files
+        history.compact(gate.lake, name)
     return validation_record(dts, names, outcomes, gate.runner.docs_url())
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 RAW = "raw"
 CLEAN = "clean"
+#: compacted copies of clean tables, a read cache held to the clean zone (:mod:`propensity.history`)
+HISTORY = "history"
 QUARANTINE = "quarantine"
 VALIDATION = "validation"
 FEATURES = "features"

@@ -17,7 +17,7 @@ from typing import Any
 from propensity import pipeline, zones
 from propensity.airflow import partitions
 from propensity.airflow.assets import SCHEME, asset_name
-from propensity.config import Settings, load_settings
+from propensity.config import Settings, load_settings, load_yaml
 from propensity.contracts import TABLES
 from propensity.errors import RequestError
 
@@ -40,7 +40,7 @@ def configured_audiences() -> list[str]:
 
     path = load_settings().audiences_file
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = load_yaml(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return []
     return [str(a["name"]) for a in doc.get("audiences") or [] if isinstance(a, dict) and a.get("name")]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from propensity import history
 from propensity.audiences.spec import CONSENT_COLUMN
 from propensity.lake import Lake
 
@@ -28,13 +29,9 @@ FLAGS = (*CONSENTS, OPT_OUT)
 
 def latest_consent(lake: Lake) -> pl.DataFrame:
     """Each customer's newest validated consent flags (``customer_id``, the flags as booleans)."""
-    parts = lake.partitions("clean", "customers")
-    schema = {KEY: pl.String, **{f: pl.Boolean for f in FLAGS}}
-    if not parts:
-        return pl.DataFrame(schema=schema)
-    t = lake.read_table("clean", "customers", columns=[KEY, "updated_at", *FLAGS], where=parts)
-    rows = pl.from_arrow(t)
-    assert isinstance(rows, pl.DataFrame)
+    rows, _ = history.read(lake, "customers", [KEY, "updated_at", *FLAGS])
+    if rows is None:
+        return pl.DataFrame(schema={KEY: pl.String, **{f: pl.Boolean for f in FLAGS}})
     rows = rows.with_row_index("__order")  # partitions come in date order: ties go to the later one
     newest = rows.sort(["updated_at", "__order"]).group_by(KEY, maintain_order=True).last()
     return newest.select(pl.col(KEY).cast(pl.String), *[pl.col(f).cast(pl.Boolean) for f in FLAGS])

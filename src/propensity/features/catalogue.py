@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import yaml
-
+from propensity.config import load_yaml
 from propensity.validation import checks as ck
 
 CATALOGUE = Path(__file__).with_name("catalogue.yaml")
@@ -34,7 +33,7 @@ class Feature:
 
 @cache
 def load_catalogue(path: Path = CATALOGUE) -> tuple[Feature, ...]:
-    doc = yaml.safe_load(path.read_text())
+    doc = load_yaml(path.read_text())
     out = []
     for e in doc["features"]:
         rng = tuple(e["range"]) if e.get("range") else None

@@ -17,14 +17,14 @@ Any row whose timestamps are all ``>= T`` therefore cannot influence a snapshot 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, timedelta
 
 import polars as pl
 
+from propensity import history
 from propensity.contracts import contract
-from propensity.lake import DataFile, Lake
+from propensity.lake import Lake
 from propensity.zones import CLEAN
 
 TABLE_NAMES = (
@@ -93,25 +93,6 @@ def _empty(name: str) -> pl.DataFrame:
     return df
 
 
-def _read_polars(lake: Lake, zone: str, table: str, columns: list[str] | None) -> pl.DataFrame | None:
-    """Every visible file of ``table``, parsed by Polars (no Arrow copy), read a few files at a time,
-    each held to its manifest entry by :meth:`Lake.read_file` (so a swapped or truncated file is
-    an error naming it, not a snapshot built on other data)."""
-    files = [f for p in lake.partitions(zone, table) for f in lake.data_files(zone, table, p)]
-
-    def one(f: DataFile) -> pl.DataFrame:
-        return lake.read_file(f, lambda fh: pl.read_parquet(fh, columns=columns), len, (pl.exceptions.ComputeError,))
-
-    with ThreadPoolExecutor(8) as pool:
-        parts = list(pool.map(one, files))
-    return pl.concat(parts, how="vertical", rechunk=False) if parts else None
-
-
-def partition_days(lake: Lake, zone: str = CLEAN) -> dict[str, set[date]]:
-    """The days each table has a published partition for: manifests listed, nothing read."""
-    return {t: {date.fromisoformat(p["dt"]) for p in lake.partitions(zone, t) if "dt" in p} for t in TABLE_NAMES}
-
-
 def missing_days(days: Mapping[str, Collection[date]], until: date) -> dict[date, list[str]]:
     """Days before ``until`` where some table has no partition, with those tables.
 
@@ -156,13 +137,23 @@ class ShopData:
 
     @classmethod
     def load(cls, lake: Lake, zone: str = CLEAN, columns: dict[str, list[str]] | None = None) -> ShopData:
-        frames = {}
+        return cls.load_listed(lake, zone, columns)[0]
+
+    @classmethod
+    def load_listed(
+        cls, lake: Lake, zone: str = CLEAN, columns: dict[str, list[str]] | None = None
+    ) -> tuple[ShopData, dict[str, set[date]]]:
+        """Every table (the clean zone through its compacted history, :mod:`propensity.history`),
+        and the days each table had published in the listing its rows were read from: the gap
+        check then judges exactly the data loaded."""
+        frames, days = {}, {}
         for name in TABLE_NAMES:
             cols = (columns or {}).get(name)
-            df = _read_polars(lake, zone, name, cols)
+            df, listing = history.read(lake, name, cols, zone)
             df = df if df is not None and df.height else _empty(name).select(cols or pl.all())
             frames[name] = _compact(name, df)
-        return cls(**frames)
+            days[name] = {date.fromisoformat(d) for d in listing.values("dt")}
+        return cls(**frames), days
 
     @classmethod
     def from_frames(cls, **frames: pl.DataFrame) -> ShopData:

@@ -26,7 +26,7 @@ from propensity.config import Settings
 from propensity.errors import RequestError
 from propensity.features.build import compute_features
 from propensity.features.catalogue import feature_checks
-from propensity.features.inputs import USED_COLUMNS, ShopData, describe_gaps, missing_days, partition_days
+from propensity.features.inputs import USED_COLUMNS, ShopData, describe_gaps, missing_days
 from propensity.features.labels import KEY, labels, population
 from propensity.features.profiles import build_profiles
 from propensity.lake import Lake
@@ -97,8 +97,7 @@ class SnapshotBuilder:
     @property
     def data(self) -> ShopData:
         if self.data_ is None:
-            self.days_ = partition_days(self.lake)  # listed first: a day published meanwhile is loaded, not a gap
-            self.data_ = ShopData.load(self.lake, columns=USED_COLUMNS)
+            self.data_, self.days_ = ShopData.load_listed(self.lake, columns=USED_COLUMNS)
         return self.data_
 
     @cached_property
