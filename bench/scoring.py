@@ -52,7 +52,8 @@ import polars as pl
 
 from propensity.config import ModelConfig, ScoringConfig
 from propensity.features.catalogue import categorical_features, feature_names
-from propensity.models.model import Calibrator, CategoryEncoder, PropensityModel, PropensityPyfunc, model_input
+from propensity.models.model import Calibrator, CategoryEncoder, PropensityModel, model_input
+from propensity.models.pyfunc import PropensityPyfunc
 from propensity.models.train import lgb_params
 from propensity.scoring import Champion, predict, reason_codes
 

@@ -2,9 +2,8 @@
 
 Kept free of pickles: the booster is LightGBM's text format, the calibrator and the
 category mapping are JSON, so a model logged today loads with any future Python.
-:class:`PropensityPyfunc` is the MLflow pyfunc that wraps them and returns calibrated
-probabilities (MLflow's LightGBM flavour would return class labels for sklearn-API
-models).
+:class:`~propensity.models.pyfunc.PropensityPyfunc` is the MLflow pyfunc that wraps them
+(in its own module, so that reading a model's inputs imports neither mlflow nor lightgbm).
 """
 
 from __future__ import annotations
@@ -12,13 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import polars as pl
+
+if TYPE_CHECKING:  # lightgbm (and sklearn under it) is a 2-3 s import, paid only where a model is used
+    import lightgbm as lgb
 
 
 def model_input(df: pd.DataFrame, features: list[str], categorical: set[str] | None = None) -> pd.DataFrame:
@@ -177,6 +177,8 @@ class PropensityModel:
 
     @classmethod
     def load(cls, artifacts: dict[str, str]) -> PropensityModel:
+        import lightgbm as lgb
+
         return cls(
             booster=lgb.Booster(model_file=artifacts["booster"]),
             calibrator=Calibrator.from_json(Path(artifacts["calibrator"]).read_text()),
@@ -185,11 +187,11 @@ class PropensityModel:
         )
 
 
-class PropensityPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc returning calibrated probabilities for a frame of raw features."""
+def __getattr__(name: str) -> Any:
+    """:class:`~propensity.models.pyfunc.PropensityPyfunc` under its former address: models
+    logged before it moved unpickle it from here (cloudpickle records classes by reference)."""
+    if name == "PropensityPyfunc":
+        from propensity.models.pyfunc import PropensityPyfunc
 
-    def load_context(self, context: Any) -> None:
-        self.model = PropensityModel.load(context.artifacts)
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
-        return self.model.predict_proba(model_input)
+        return PropensityPyfunc
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -45,7 +45,8 @@ from propensity.features.training import SnapshotPlan, stack
 from propensity.models import plots
 from propensity.models.fingerprint import Fingerprint, data_digest, model_parameters, params_digest
 from propensity.models.metrics import evaluate, group_auc, safe_auc
-from propensity.models.model import Calibrator, CategoryEncoder, PropensityModel, PropensityPyfunc, model_input
+from propensity.models.model import Calibrator, CategoryEncoder, PropensityModel, model_input
+from propensity.models.pyfunc import PropensityPyfunc
 from propensity.models.registry import find_unchanged, gate_and_alias, unchanged_note
 from propensity.models.tracking import code_version, configure, process_tags, settle_abandoned_runs
 
