@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 MANIFEST = "_manifest.json"
 ROWS_PER_FILE = 2_000_000
+#: partitions read or written at once: an object store's cost per partition is its latency
+IO_THREADS = 8
 
 
 def partition_path(zone: str, table: str, parts: Mapping[str, str]) -> str:
@@ -293,7 +295,7 @@ class Lake:
         if len(files) == 1:
             parts = [self._read_arrow(files[0], columns)]
         else:
-            with ThreadPoolExecutor(8) as pool:
+            with ThreadPoolExecutor(IO_THREADS) as pool:
                 parts = list(pool.map(lambda f: self._read_arrow(f, columns), files))
         target = schema or parts[0][1]
         if columns is not None:

@@ -18,6 +18,7 @@ import bisect
 import logging
 import math
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 from propensity.config import Settings
 from propensity.contracts import TABLES, TableContract, contract
 from propensity.errors import DataQualityError
-from propensity.lake import Lake
+from propensity.lake import IO_THREADS, Lake
 from propensity.validation import checks as ck
 from propensity.validation.keys import key_index
 from propensity.validation.runner import CheckResult, GXRunner
@@ -307,12 +308,16 @@ class Gate:
         outcomes: dict[str, PartitionOutcome] = {}
         profile: list[dict[str, Any]] = []
         batches: list[tuple[str, pa.Table]] = []
+        present = [dt for dt in dts if dt in manifests]
+        with ThreadPoolExecutor(IO_THREADS) as pool:  # an object store's latency, not its bandwidth, is the cost
+            read = pool.map(lambda dt: self.lake.read_partition(RAW, table, {"dt": dt}), present)
+            raws = dict(zip(present, read, strict=True))
         for dt in dts:
             out = outcomes[dt] = PartitionOutcome(table, dt)
             if dt not in manifests:
                 out.critical.append("no raw partition: collection has not run for this date")
                 continue
-            raw = self.lake.read_partition(RAW, table, {"dt": dt})
+            raw = raws[dt]
             assert raw is not None
             out.rows_in = counts[dt] = raw.num_rows  # the baseline of the run's later days
             missing, extra, retyped = schema_drift(tc, raw.schema)
@@ -346,8 +351,9 @@ class Gate:
             self._apply_partition_results(tc, prof_df, outcomes)
         if batches:
             self._validate_rows(tc, batches, outcomes)
+        with ThreadPoolExecutor(IO_THREADS) as pool:
+            list(pool.map(self._write_result, outcomes.values()))
         for out in outcomes.values():
-            self._write_result(out)
             log.info("%s", out.summary())
         return [outcomes[dt] for dt in dts]
 
@@ -402,9 +408,11 @@ class Gate:
     def _validate_rows(self, tc: TableContract, batches: list[tuple[str, pa.Table]], outcomes: dict) -> None:
         big = pa.concat_tables([t for _, t in batches])
         if big.num_rows == 0:
-            for dt, t in batches:
-                if not outcomes[dt].critical:  # an empty partition can be critical (empty_partition, volume)
-                    self._publish(tc, outcomes[dt], t, t.slice(0, 0), [])
+            self._publish_all(
+                (tc, outcomes[dt], t, t.slice(0, 0), [])
+                for dt, t in batches
+                if not outcomes[dt].critical  # an empty partition can be critical (empty_partition, volume)
+            )
             return
         dts = pd.Series(np.repeat([dt for dt, _ in batches], [t.num_rows for _, t in batches]), dtype=object)
         df = big.to_pandas()
@@ -443,6 +451,7 @@ class Gate:
             if r.check.severity == "row":
                 free = idx[fail_rule[idx] < 0]
                 fail_rule[free] = ci
+        jobs = []
         for dt, t_offsets in self._dt_slices(batches).items():
             out = outcomes[dt]
             if out.critical:
@@ -451,13 +460,14 @@ class Gate:
             rules = fail_rule[lo:hi]
             bad = np.flatnonzero(rules >= 0)
             part = big.slice(lo, hi - lo)
-            self._publish(
-                tc,
-                out,
-                part.filter(pa.array(rules < 0)),
-                part.take(pa.array(bad, pa.int64())),
-                [res.results[i].check for i in rules[bad]],
-            )
+            checks = [res.results[i].check for i in rules[bad]]
+            jobs.append((tc, out, part.filter(pa.array(rules < 0)), part.take(pa.array(bad, pa.int64())), checks))
+        self._publish_all(jobs)
+
+    def _publish_all(self, jobs: Iterable[tuple[TableContract, PartitionOutcome, pa.Table, pa.Table, list]]) -> None:
+        """Publish partitions a few at a time: each is its own quarantine-then-clean commit."""
+        with ThreadPoolExecutor(IO_THREADS) as pool:
+            list(pool.map(lambda job: self._publish(*job), jobs))
 
     def _publish(
         self, tc: TableContract, out: PartitionOutcome, clean: pa.Table, bad: pa.Table, bad_checks: list[ck.Check]
