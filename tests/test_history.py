@@ -102,3 +102,30 @@ def test_a_swapped_history_file_is_an_integrity_error_naming_it(lake: Lake) -> N
     Path(f.path).write_bytes(Path(f.path).read_bytes()[:-20])
     with pytest.raises(LakeIntegrityError, match=f"lake zone {HISTORY}, table {TABLE}, partition through="):
         history.read(lake, TABLE)
+
+
+def test_a_compaction_builds_on_the_last_history_and_reads_only_what_changed(lake: Lake) -> None:
+    """The next history is the old one's still-true rows plus the changed and new days:
+    the same rows, in the same order, as compacting everything afresh."""
+    history.compact(lake, TABLE, after=1)
+    lake.write_partition(CLEAN, TABLE, {"dt": _day(2)}, _rows(2, n=5, tag="b"))
+    lake.store.delete([f"{partition_path(CLEAN, TABLE, {'dt': _day(4)})}/{MANIFEST}"])
+    for i in range(6, 8):
+        lake.write_partition(CLEAN, TABLE, {"dt": _day(i)}, _rows(i))
+    read_clean: list[str] = []
+    original = lake.data_files
+
+    def spy(zone: str, table: str, parts: dict) -> list:
+        if zone == CLEAN:
+            read_clean.append(parts["dt"])
+        return original(zone, table, parts)
+
+    lake.data_files = spy  # type: ignore[method-assign]
+    assert history.compact(lake, TABLE, after=3) == {"through": _day(7)}
+    assert sorted(read_clean) == [_day(2), _day(6), _day(7)]
+    lake.data_files = original  # type: ignore[method-assign]
+    hist = history.History.newest(lake, TABLE)
+    assert hist is not None and set(hist.sources) == {f"dt={_day(i)}" for i in (0, 1, 2, 3, 5, 6, 7)}
+    assert _read(lake).equals(_direct(lake))
+    (f,) = lake.data_files(HISTORY, TABLE, hist.parts)
+    assert pl.read_parquet(f.path).drop(history.PARTITION).equals(_direct(lake))

@@ -114,14 +114,11 @@ def _read_partitions(
         return [df for frames in pool.map(one, paths) for df in frames]
 
 
-def read(
-    lake: Lake, table: str, columns: list[str] | None = None, zone: str = CLEAN
-) -> tuple[pl.DataFrame | None, Listing]:
-    """Every published partition of ``table``, concatenated in partition order (None when
-    there is none), and the listing it was read from. The clean zone reads through its
-    history where the history is still true (module docstring); other zones read directly."""
-    listing = Listing.of(lake, zone, table)
-    hist = History.newest(lake, table) if zone == CLEAN else None
+def _gather(
+    lake: Lake, zone: str, table: str, columns: list[str] | None, listing: Listing, hist: History | None, tagged: bool
+) -> pl.DataFrame | None:
+    """The published partitions of ``listing``: from ``hist`` where it is still true, the rest
+    from ``zone``, in partition order; with ``tagged``, each row keeps its :data:`PARTITION`."""
     valid: set[str] = set()
     frames: list[pl.DataFrame] = []
     if hist is not None and (columns is None or set(columns) <= set(hist.columns)):  # else: a contract change
@@ -131,31 +128,42 @@ def read(
             df = _decode(lake, f, cols)
             frames.append(df if len(valid) == len(hist.sources) else df.filter(pl.col(PARTITION).is_in(list(valid))))
     rest = [p for p in listing.published if p not in valid]
-    tag = bool(frames)
+    tag = bool(frames) or tagged
     frames += _read_partitions(lake, zone, table, rest, columns, tag)
     if not frames:
-        return None, listing
+        return None
     out = pl.concat(frames, how="vertical", rechunk=False)
-    if tag:
-        if rest and min(rest) < max(valid):
-            # a re-published older day read from the clean zone: back into partition order
-            # (one `k=v` level, so the paths sort as their values do)
-            out = out.sort(PARTITION, maintain_order=True)
-        out = out.drop(PARTITION)
-    return out, listing
+    if valid and rest and min(rest) < max(valid):
+        # a re-published older day read from the clean zone: back into partition order
+        # (one `k=v` level, so the paths sort as their values do)
+        out = out.sort(PARTITION, maintain_order=True)
+    return out if tagged or not tag else out.drop(PARTITION)
+
+
+def read(
+    lake: Lake, table: str, columns: list[str] | None = None, zone: str = CLEAN
+) -> tuple[pl.DataFrame | None, Listing]:
+    """Every published partition of ``table``, concatenated in partition order (None when
+    there is none), and the listing it was read from. The clean zone reads through its
+    history where the history is still true (module docstring); other zones read directly."""
+    listing = Listing.of(lake, zone, table)
+    hist = History.newest(lake, table) if zone == CLEAN else None
+    return _gather(lake, zone, table, columns, listing, hist, tagged=False), listing
 
 
 def compact(lake: Lake, table: str, after: int = COMPACT_AFTER) -> dict[str, str] | None:
     """Write a new history of ``table`` when ``after`` or more published partitions are outside
-    the newest one; returns its partition (None when nothing was written). Older histories
-    beyond the :data:`KEEP` newest are removed."""
+    the newest one; returns its partition (None when nothing was written). The new history is
+    the old one's still-true rows plus the other partitions, so a compaction reads the days
+    since the last one, not the whole past. Histories beyond the :data:`KEEP` newest are removed."""
     listing = Listing.of(lake, CLEAN, table)
     hist = History.newest(lake, table)
     fresh = len(listing.published) - (len(hist.still_true(listing)) if hist else 0)
     if not listing.published or fresh < after:
         return None
-    frames = _read_partitions(lake, CLEAN, table, listing.published, None, tag=True)
-    data = pl.concat(frames, how="vertical", rechunk=True)
+    data = _gather(lake, CLEAN, table, None, listing, hist, tagged=True)
+    assert data is not None
+    data = data.rechunk()
     through = {"through": max(listing.values())}
     recorded = {p: sorted(names) for p, names in listing.published.items()}
     doc = {"sources": recorded, "columns": [c for c in data.columns if c != PARTITION]}
