@@ -126,10 +126,14 @@ def restart(moto, monkeypatch):
     def make(at: int, down: float | None, durable: bool = True) -> Restart:
         r = Restart(moto, at, down, durable)
         original = S3Store.put_bytes
+        one_at_a_time = threading.Lock()
 
         def put_bytes(self: S3Store, key: str, data: bytes) -> None:
-            r.on_put()
-            original(self, key, data)
+            # stages PUT from thread pools; the saved copy stands for what a real store keeps
+            # across a restart, so no PUT may be in flight while it is taken and the server stops
+            with one_at_a_time:
+                r.on_put()
+                original(self, key, data)
 
         monkeypatch.setattr(S3Store, "put_bytes", put_bytes)
         if boto3.DEFAULT_SESSION is None:

@@ -101,7 +101,9 @@ def collect(settings: Settings, days: Sequence[date], tables: Iterable[str] | No
     t0 = time.perf_counter()
     collector = Collector(settings)
     try:
-        manifests = [m for d in track(days, "collect", date.isoformat) for m in collector.collect_day(d, names)]
+        done = collector.collect_days(days, names)
+        per_day = list(track(done, "collect", lambda item: item[0].isoformat(), total=len(days)))
+        manifests = [m for _, day_manifests in per_day for m in day_manifests]
     finally:
         collector.close()
     rows = dict.fromkeys(names, 0)

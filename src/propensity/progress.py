@@ -27,10 +27,11 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def track(items: Iterable[T], stage: str, label: Callable[[T], str] = str) -> Iterator[T]:
-    """Yield ``items`` while showing ``stage`` progress (counts, elapsed, ETA)."""
-    seq = list(items) if not isinstance(items, Sized) else items
-    total = len(seq)  # type: ignore[arg-type]
+def track(items: Iterable[T], stage: str, label: Callable[[T], str] = str, total: int | None = None) -> Iterator[T]:
+    """Yield ``items`` while showing ``stage`` progress (counts, elapsed, ETA). Give ``total`` for
+    an iterator that must not be drained first (results completing in a thread pool)."""
+    seq = items if total is not None or isinstance(items, Sized) else list(items)
+    total = len(seq) if total is None else total  # type: ignore[arg-type]
     if interactive() and total > 1:
         yield from _bar(seq, total, stage, label)
         return

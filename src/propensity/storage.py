@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -339,6 +340,9 @@ class LocalStore(Store):
         return LocalStore(self._path(prefix))
 
 
+_CLIENT_LOCK = threading.Lock()
+
+
 @dataclass
 class S3Store(Store):
     bucket: str
@@ -352,11 +356,15 @@ class S3Store(Store):
 
     @cached_property
     def client(self):
+        """One client per store, made under a lock: stages call the store from thread pools, and
+        boto3's default session is not safe to build clients from concurrently (a client is safe
+        to share)."""
         import boto3
 
-        return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, region_name=_region(), config=self.retry.botocore_config()
-        )
+        with _CLIENT_LOCK:
+            return boto3.client(
+                "s3", endpoint_url=self.endpoint_url, region_name=_region(), config=self.retry.botocore_config()
+            )
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}".lstrip("/") if self.prefix else key
