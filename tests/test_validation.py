@@ -449,3 +449,35 @@ def test_online_retail_quarantines_with_understandable_reasons(online_retail):
 def test_online_retail_has_no_critical_failures(online_retail):
     _, outcomes = online_retail
     assert [f"{o.table} dt={o.dt}: {m}" for o in outcomes for m in o.critical] == []
+
+
+def test_data_docs_are_built_once_per_gate_run_with_a_page_per_suite(tmp_path):
+    """The site is rendered after the run, not after each of its checkpoints (one index build
+    instead of two per table), and still shows every suite the run validated."""
+    settings = make_shop(tmp_path / "home", customers=50, days=2)
+    collect(settings, START, START + timedelta(days=1))
+    settings = settings.model_copy(update={"validation": settings.validation.model_copy(update={"docs": True})})
+    gate = Gate(settings)
+    builds: list[dict] = []
+    original = gate.runner.context.build_data_docs
+
+    def counted(**kwargs):
+        builds.append(kwargs)
+        return original(**kwargs)
+
+    suites: list[str] = []
+    run = gate.runner.run
+
+    def recorded(name, df, checks):
+        suites.append(name)
+        return run(name, df, checks)
+
+    gate.runner.context.build_data_docs = counted
+    gate.runner.run = recorded
+    gate.validate([START, START + timedelta(days=1)], ["customers", "orders"])
+    assert len(builds) == 1 and len(suites) >= 3, suites  # both tables' partitions, some rows
+    site = settings.gx_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
+    index = (site / "index.html").read_text()
+    for suite in suites:
+        (page,) = (site / "validations" / Path(*suite.split("."))).rglob("*.html")
+        assert str(page.relative_to(site)) in index

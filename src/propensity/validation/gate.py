@@ -297,8 +297,11 @@ class Gate:
     def validate(self, dts: Iterable[str | date], tables: Iterable[str] | None = None) -> list[PartitionOutcome]:
         days = sorted({d if isinstance(d, str) else d.isoformat() for d in dts})
         outcomes = []
-        for name in tables or TABLES:
-            outcomes.extend(self.validate_table(name, days))
+        try:
+            for name in tables or TABLES:
+                outcomes.extend(self.validate_table(name, days))
+        finally:  # the results of the tables validated are in the docs even when a later one fails
+            self.runner.build_docs()
         return outcomes
 
     def validate_table(self, table: str, dts: Sequence[str]) -> list[PartitionOutcome]:
