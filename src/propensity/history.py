@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from propensity.lake import IO_THREADS, MANIFEST, DataFile, Lake
+from propensity.lake import IO_THREADS, MANIFEST, DataFile, Lake, partition_values, split_key
 from propensity.zones import CLEAN, HISTORY
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,10 @@ class Listing:
         files: dict[str, set[str]] = {}
         committed = set()
         for key in lake.store.list(prefix):
-            path, _, name = key[len(prefix) :].rpartition("/")
-            if not path or not all("=" in seg for seg in path.split("/")):
-                continue  # not a partition (zone-level files, `_shards/`, ...)
+            split = split_key(prefix, key)
+            if split is None:
+                continue
+            path, name = split
             if name == MANIFEST:
                 committed.add(path)
             else:
@@ -69,11 +70,7 @@ class Listing:
 
     def values(self, key: str = "dt") -> set[str]:
         """The partitions' values of ``key`` (``dt``: the published days)."""
-        return {dict(seg.split("=", 1) for seg in p.split("/")).get(key, "") for p in self.published} - {""}
-
-
-def _parts(path: str) -> dict[str, str]:
-    return dict(seg.split("=", 1) for seg in path.split("/"))
+        return {partition_values(p).get(key, "") for p in self.published} - {""}
 
 
 @dataclass(frozen=True)
@@ -104,10 +101,9 @@ def _read_partitions(
     lake: Lake, zone: str, table: str, paths: Iterable[str], columns: list[str] | None, tag: bool
 ) -> list[pl.DataFrame]:
     """Each partition's verified files, a few at a time (manifests too: one GET each)."""
-    paths = list(paths)
 
     def one(path: str) -> list[pl.DataFrame]:
-        frames = [_decode(lake, f, columns) for f in lake.data_files(zone, table, _parts(path))]
+        frames = [_decode(lake, f, columns) for f in lake.data_files(zone, table, partition_values(path))]
         return [df.with_columns(pl.lit(path).alias(PARTITION)) for df in frames] if tag else frames
 
     with ThreadPoolExecutor(IO_THREADS) as pool:
@@ -128,7 +124,7 @@ def _gather(
             df = _decode(lake, f, cols)
             frames.append(df if len(valid) == len(hist.sources) else df.filter(pl.col(PARTITION).is_in(list(valid))))
     rest = [p for p in listing.published if p not in valid]
-    tag = bool(frames) or tagged
+    tag = tagged or bool(frames)  # history rows carry their partition: the clean ones must too
     frames += _read_partitions(lake, zone, table, rest, columns, tag)
     if not frames:
         return None
@@ -137,7 +133,7 @@ def _gather(
         # a re-published older day read from the clean zone: back into partition order
         # (one `k=v` level, so the paths sort as their values do)
         out = out.sort(PARTITION, maintain_order=True)
-    return out if tagged or not tag else out.drop(PARTITION)
+    return out.drop(PARTITION) if tag and not tagged else out
 
 
 def read(

@@ -47,6 +47,20 @@ def partition_path(zone: str, table: str, parts: Mapping[str, str]) -> str:
     return "/".join(s for s in segs if s)  # zones like features/ have no table level
 
 
+def split_key(prefix: str, key: str) -> tuple[str, str] | None:
+    """``(partition path, file name)`` of a store key under ``prefix`` that lies in a
+    ``k=v[/k=v...]`` partition; None for any other key (zone-level files, ``_shards/``...)."""
+    path, _, name = key[len(prefix) :].rpartition("/")
+    if not path or not all("=" in seg for seg in path.split("/")):
+        return None
+    return path, name
+
+
+def partition_values(path: str) -> dict[str, str]:
+    """``{"task": "churn", "snapshot": "2025-01-01"}`` from ``task=churn/snapshot=2025-01-01``."""
+    return dict(seg.split("=", 1) for seg in path.split("/"))
+
+
 def describe(zone: str, table: str, parts: Mapping[str, str], file: str) -> str:
     """Where a lake object is, in words an operator can search for (zones like features/ have no table)."""
     partition = "/".join(f"{k}={v}" for k, v in parts.items())
@@ -219,11 +233,9 @@ class Lake:
         prefix = "/".join(s for s in (zone, table) if s) + "/"
         found = []
         for key in self.store.list(prefix):
-            if not key.endswith("/" + MANIFEST):
-                continue
-            segs = key[len(prefix) : -len(MANIFEST) - 1].split("/")
-            if all("=" in s for s in segs):
-                found.append(dict(s.split("=", 1) for s in segs))
+            split = split_key(prefix, key)
+            if split is not None and split[1] == MANIFEST:
+                found.append(partition_values(split[0]))
         return sorted(found, key=lambda p: tuple(p.values()))
 
     def data_files(self, zone: str, table: str, parts: Mapping[str, str]) -> list[DataFile]:

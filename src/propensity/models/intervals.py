@@ -48,7 +48,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score
 
-from propensity.models.metrics import expected_calibration_error, safe_auc
+from propensity.models.metrics import ECE_BINS, expected_calibration_error, safe_auc
 
 #: Metrics with a fast, count-weighted bootstrap path.
 MetricName = Literal["auc", "pr_auc", "ece"]
@@ -57,8 +57,6 @@ Metric = MetricName | Callable[[np.ndarray, np.ndarray], float | None]
 
 #: Above this share of replicates with an undefined statistic, the interval is refused.
 MAX_UNDEFINED_FRACTION = 0.05
-#: Equal-count bins of the ECE, as in :func:`propensity.models.metrics.expected_calibration_error`.
-ECE_BINS = 10
 
 
 @dataclass(frozen=True)

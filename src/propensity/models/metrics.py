@@ -8,6 +8,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 TOP_FRACTIONS = (0.05, 0.10, 0.20)
+#: equal-count score bins of the expected calibration error
+ECE_BINS = 10
 
 
 def safe_auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -17,7 +19,7 @@ def safe_auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p))
 
 
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
     """Weighted mean |observed rate - mean score| over equal-count score bins."""
     order = np.argsort(p, kind="stable")
     chunks = np.array_split(order, bins)
