@@ -270,6 +270,27 @@ def test_empty_partition_also_trips_the_volume_band(lake_copy, tmp_path):
     assert sorted(m.split(":")[0] for m in out.critical) == ["empty_partition", "volume"]
 
 
+def test_a_day_without_failing_rows_has_no_quarantine_partition(lake_copy, tmp_path):
+    """The quarantine holds failing rows only: a day fixed at the source and validated again
+    loses the quarantine partition its first validation wrote."""
+    settings = _settings(tmp_path, lake_copy)
+    lake = Lake.open(settings.lake_uri)
+    parts = {"dt": DAY}
+    good = lake.read_partition("raw", "reviews", parts)
+    _inject(lake, "reviews", _set("rating", 7))
+    [first] = Gate(settings).validate([DAY], ["reviews"])
+    assert first.published and first.quarantined == {"range": 1}
+    assert lake.manifest("quarantine", "reviews", parts)["row_count"] == 1
+
+    _inject(lake, "reviews", lambda _: good)
+    [again] = Gate(settings).validate([DAY], ["reviews"])
+
+    assert again.published and again.quarantined == {} and again.rows_clean == good.num_rows
+    assert lake.manifest("quarantine", "reviews", parts) is None
+    assert lake.store.list(f"quarantine/reviews/dt={DAY}/") == []
+    assert lake.read_json(f"validation/reviews/dt={DAY}/result.json")["quarantined_by_rule"] == {}
+
+
 def test_severity_override_makes_a_row_rule_critical(lake_copy, tmp_path):
     settings = _settings(tmp_path, lake_copy, severity={"order_items.range": "critical"})
     lake = Lake.open(settings.lake_uri)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -386,27 +387,35 @@ class Gate:
 
     # row level --------------------------------------------------------------------------
 
-    def _helpers(self, tc: TableContract, df: pd.DataFrame, dts: pd.Series) -> None:
-        starts = {dt: _interval(dt) for dt in dts.unique()}
+    def _helpers(self, tc: TableContract, df: pd.DataFrame, big: pa.Table, rows: RowBlocks) -> None:
+        """Helper columns the row checks compare against, built per partition block and repeated
+        (a year of events is millions of rows and hundreds of days: no per-row Python)."""
         if contract(tc.name).column(tc.watermark).dtype == "date":
-            df["__interval_start"] = dts.map(lambda d: date.fromisoformat(d))
-            df["__interval_end"] = dts.map(lambda d: date.fromisoformat(d) + timedelta(days=1))
+            first = [date.fromisoformat(d) for d in rows.days]
+            df["__interval_start"] = rows.repeat(np.array(first, dtype=object))
+            df["__interval_end"] = rows.repeat(np.array([d + timedelta(days=1) for d in first], dtype=object))
         else:
-            df["__interval_start"] = pd.to_datetime(dts.map(lambda d: starts[d][0]), utc=True)
-            df["__interval_end"] = pd.to_datetime(dts.map(lambda d: starts[d][1]), utc=True)
+            first = np.array([np.datetime64(d, "us") for d in rows.days])
+            df["__interval_start"] = pd.to_datetime(rows.repeat(first), utc=True)
+            df["__interval_end"] = pd.to_datetime(rows.repeat(first + np.timedelta64(1, "D")), utc=True)
         for fk in tc.foreign_keys:
-            keys = self.parent_keys(fk.ref_table, fk.ref_column)
+            col = big.column(fk.column)
+            keys = self.parent_keys(fk.ref_table, fk.ref_column).cast(col.type)
             if fk.ref_table == tc.name:
-                keys = pa.concat_arrays([keys, pa.array(df[fk.ref_column].dropna().unique(), pa.string())])
-            col = df[fk.column]
-            df[f"__fk_{fk.column}"] = col.isna() | col.isin(keys.to_pylist())
+                own = pc.unique(big.column(fk.ref_column).combine_chunks()).drop_null().cast(col.type)
+                keys = pa.concat_arrays([keys, own])
+            known = pc.or_(pc.is_null(col), pc.is_in(col, value_set=keys))
+            df[f"__fk_{fk.column}"] = known.to_numpy()
         if tc.name == "events":
             v = self.settings.validation
-            g = df.groupby(["__dt", "session_id"], dropna=False)["event_time"]
-            n = g.transform("size")
-            span = (g.transform("max") - g.transform("min")).dt.total_seconds() / 60.0
-            epm = n / np.maximum(span, 1.0)
-            df["__session_events_per_minute"] = np.where(n >= v.bot_min_events, epm, 0.0)
+            ev = pl.from_arrow(big.select(["session_id", "event_time"]))
+            assert isinstance(ev, pl.DataFrame)
+            by = [pl.Series("__block", rows.repeat(np.arange(len(rows.days)))), "session_id"]
+            n = pl.len().over(by)
+            t = pl.col("event_time")
+            span = ((t.max() - t.min()).over(by).dt.total_microseconds() / 60e6).clip(lower_bound=1.0)
+            epm = ev.select(pl.when(n >= v.bot_min_events).then(n / span).otherwise(0.0).alias("epm"))
+            df["__session_events_per_minute"] = epm.get_column("epm").to_numpy()
 
     def _validate_rows(self, tc: TableContract, batches: list[tuple[str, pa.Table]], outcomes: dict) -> None:
         big = pa.concat_tables([t for _, t in batches])
@@ -417,15 +426,15 @@ class Gate:
                 if not outcomes[dt].critical  # an empty partition can be critical (empty_partition, volume)
             )
             return
-        dts = pd.Series(np.repeat([dt for dt, _ in batches], [t.num_rows for _, t in batches]), dtype=object)
+        rows = RowBlocks.of(batches)
+        dts = rows.repeat(np.array(rows.days, dtype=object))
         df = big.to_pandas()
-        df["__dt"] = dts.to_numpy()
-        self._helpers(tc, df, dts)
+        df["__dt"] = dts
+        self._helpers(tc, df, big, rows)
         checks = row_checks(tc, self.settings)
         res = self.runner.run(f"raw.{tc.name}.rows", df, checks)
         n = len(df)
         fail_rule = np.full(n, -1, dtype=np.int64)  # first failing row-level check per row
-        per_dt_rows = dts.value_counts().to_dict()
         v = self.settings.validation
         for ci, r in enumerate(res.results):
             if r.success or not r.unexpected_index:
@@ -436,12 +445,12 @@ class Gate:
                 idx = idx[(key.duplicated(keep="first") & key.notna().all(axis=1)).to_numpy()]
             if not len(idx):
                 continue
-            by_dt = pd.Series(dts.to_numpy()[idx]).value_counts()
-            for dt, cnt in by_dt.items():
+            idx = np.sort(idx)
+            for b, in_dt, sample in rows.failures(idx, big, r.check.column):
+                dt = rows.days[b]
                 out = outcomes[dt]
-                share = cnt / max(per_dt_rows.get(dt, 1), 1)
-                in_dt = idx[dts.to_numpy()[idx] == dt]
-                sample = _sample(df, r.check.column, in_dt)
+                cnt = len(in_dt)
+                share = cnt / max(rows.counts[b], 1)
                 msg = f"{r.check.rule} on column {r.check.column}: {cnt:,} row(s) {r.check.reason}" + (
                     f" (e.g. {sample})" if sample else ""
                 )
@@ -455,11 +464,10 @@ class Gate:
                 free = idx[fail_rule[idx] < 0]
                 fail_rule[free] = ci
         jobs = []
-        for dt, t_offsets in self._dt_slices(batches).items():
+        for dt, lo, hi in rows.slices():
             out = outcomes[dt]
             if out.critical:
                 continue
-            lo, hi = t_offsets
             rules = fail_rule[lo:hi]
             bad = np.flatnonzero(rules >= 0)
             part = big.slice(lo, hi - lo)
@@ -475,7 +483,11 @@ class Gate:
     def _publish(
         self, tc: TableContract, out: PartitionOutcome, clean: pa.Table, bad: pa.Table, bad_checks: list[ck.Check]
     ) -> None:
-        """Quarantine first, then clean: the clean manifest is the commit point downstream sees."""
+        """Quarantine first, then clean: the clean manifest is the commit point downstream sees.
+
+        A day without failing rows has no quarantine partition (one left by an earlier validation
+        of the day is removed): most days have none, and its result already says so, so writing
+        empty ones was over a third of publishing a shop's history."""
         q = bad
         for name, values in zip(
             DQ_COLUMNS,
@@ -488,27 +500,58 @@ class Gate:
         out.rows_clean = clean.num_rows
         parts = {"dt": out.dt}
         meta = {"rows_in": out.rows_in, "quarantined_by_rule": out.quarantined}
-        self.lake.write_partition(QUARANTINE, tc.name, parts, q, meta)
+        if q.num_rows:
+            self.lake.write_partition(QUARANTINE, tc.name, parts, q, meta)
+        else:
+            self.lake.delete_partition(QUARANTINE, tc.name, parts)
         self.lake.write_partition(CLEAN, tc.name, parts, clean, meta)
         out.published = True
-
-    @staticmethod
-    def _dt_slices(batches: list[tuple[str, pa.Table]]) -> dict[str, tuple[int, int]]:
-        out, pos = {}, 0
-        for dt, t in batches:
-            out[dt] = (pos, pos + t.num_rows)
-            pos += t.num_rows
-        return out
 
     def _write_result(self, out: PartitionOutcome) -> None:
         self.lake.write_json(f"{RESULTS}/{out.table}/dt={out.dt}/result.json", out.to_json())
 
 
-def _sample(df: pd.DataFrame, column: str | None, idx: np.ndarray) -> str:
-    if column is None or column not in df.columns or not len(idx):
-        return ""
-    values = df[column].iloc[idx[:50]].drop_duplicates().head(3).tolist()
-    return ", ".join(map(str, values))
+@dataclass(frozen=True)
+class RowBlocks:
+    """Where each partition's rows lie in the batch of all the run's rows: ``days[b]`` holds
+    ``counts[b]`` rows ending (exclusive) at ``ends[b]``."""
+
+    days: list[str]
+    counts: np.ndarray
+    ends: np.ndarray
+
+    @classmethod
+    def of(cls, batches: Sequence[tuple[str, pa.Table]]) -> RowBlocks:
+        counts = np.array([t.num_rows for _, t in batches], dtype=np.int64)
+        return cls([dt for dt, _ in batches], counts, np.cumsum(counts))
+
+    def repeat(self, per_block: np.ndarray) -> np.ndarray:
+        """One value per block, repeated for each of its rows."""
+        return np.repeat(per_block, self.counts)
+
+    def slices(self) -> Iterator[tuple[str, int, int]]:
+        for dt, hi, n in zip(self.days, self.ends, self.counts, strict=True):
+            yield dt, int(hi - n), int(hi)
+
+    def failures(
+        self, idx: np.ndarray, big: pa.Table, column: str | None, shown: int = 3, scanned: int = 50
+    ) -> Iterator[tuple[int, np.ndarray, str]]:
+        """Per block with failing rows (``idx`` sorted): its number, its failing rows, and a few
+        distinct failing values of ``column`` for the message (one take for all the blocks)."""
+        block = np.searchsorted(self.ends, idx, side="right")
+        present, first, count = np.unique(block, return_index=True, return_counts=True)
+        values: list[Any] = []
+        if column is not None and column in big.column_names:
+            picks = [idx[f : f + min(c, scanned)] for f, c in zip(first, count, strict=True)]
+            values = big.column(column).take(pa.array(np.concatenate(picks), pa.int64())).to_pylist()
+        pos = 0
+        for b, f, c in zip(present, first, count, strict=True):
+            sample = ""
+            if values:
+                taken = values[pos : pos + min(c, scanned)]
+                pos += len(taken)
+                sample = ", ".join(map(str, list(dict.fromkeys(taken))[:shown]))
+            yield int(b), idx[f : f + c], sample
 
 
 def validate(
