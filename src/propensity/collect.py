@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from propensity.config import Settings
 from propensity.contracts import TABLES, contract
-from propensity.lake import IO_THREADS, Lake
+from propensity.lake import Lake
 from propensity.sources.landing import read_events, read_fx
 from propensity.sources.oltp import ShopDB
 from propensity.storage import open_store
@@ -96,7 +96,7 @@ class Collector:
         """Each day with its manifests, in day order, a few days at once: extraction queries,
         Parquet encoding and fsyncs overlap (the shop database pools its connections, and
         each day is its own set of partition commits)."""
-        with ThreadPoolExecutor(IO_THREADS) as pool:
+        with ThreadPoolExecutor(self.lake.io_threads) as pool:
             yield from zip(days, pool.map(lambda d: self.collect_day(d, tables), days), strict=True)
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from propensity.lake import IO_THREADS, MANIFEST, DataFile, Lake, partition_values, split_key
+from propensity.lake import MANIFEST, DataFile, Lake, partition_values, split_key
 from propensity.zones import CLEAN, HISTORY
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def _read_partitions(
         frames = [_decode(lake, f, columns) for f in lake.data_files(zone, table, partition_values(path))]
         return [df.with_columns(pl.lit(path).alias(PARTITION)) for df in frames] if tag else frames
 
-    with ThreadPoolExecutor(IO_THREADS) as pool:
+    with ThreadPoolExecutor(lake.io_threads) as pool:
         return [df for frames in pool.map(one, paths) for df in frames]
 
 

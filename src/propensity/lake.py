@@ -38,8 +38,6 @@ T = TypeVar("T")
 
 MANIFEST = "_manifest.json"
 ROWS_PER_FILE = 2_000_000
-#: partitions read or written at once: an object store's cost per partition is its latency
-IO_THREADS = 8
 
 
 def partition_path(zone: str, table: str, parts: Mapping[str, str]) -> str:
@@ -176,6 +174,11 @@ class Lake:
     def uri(self) -> str:
         return self.store.uri
 
+    @property
+    def io_threads(self) -> int:
+        """Partitions or files read or written at once (the store's :attr:`~Store.io_threads`)."""
+        return self.store.io_threads
+
     # writing --------------------------------------------------------------------------
 
     def write_partition(
@@ -307,7 +310,7 @@ class Lake:
         if len(files) == 1:
             parts = [self._read_arrow(files[0], columns)]
         else:
-            with ThreadPoolExecutor(IO_THREADS) as pool:
+            with ThreadPoolExecutor(self.io_threads) as pool:
                 parts = list(pool.map(lambda f: self._read_arrow(f, columns), files))
         target = schema or parts[0][1]
         if columns is not None:

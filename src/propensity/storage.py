@@ -170,6 +170,8 @@ class Store:
     """An object store rooted at ``uri``; keys are ``/``-separated and relative to the root."""
 
     uri: str
+    #: objects read or written at once: an object store's cost per object is its latency
+    io_threads: int = 8
 
     def put_bytes(self, key: str, data: bytes) -> None:
         raise NotImplementedError
@@ -263,6 +265,9 @@ def remove_stale_tmp(folder: Path, now: float | None = None) -> list[Path]:
 @dataclass
 class LocalStore(Store):
     root: Path
+    #: a local disk answers in microseconds, so more threads than cores only fight over the GIL:
+    #: collecting 60 demo days took 4.5 s with 8, 3.8 with 4, 4.1 with 2 and 5.1 with 1 (median of 4)
+    io_threads: int = 4
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser().resolve()

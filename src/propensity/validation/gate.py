@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from propensity.config import Settings
 from propensity.contracts import TABLES, TableContract, contract
 from propensity.errors import DataQualityError
-from propensity.lake import IO_THREADS, Lake
+from propensity.lake import Lake
 from propensity.validation import checks as ck
 from propensity.validation.keys import key_index
 from propensity.validation.runner import CheckResult, GXRunner
@@ -313,7 +313,7 @@ class Gate:
         profile: list[dict[str, Any]] = []
         batches: list[tuple[str, pa.Table]] = []
         present = [dt for dt in dts if dt in manifests]
-        with ThreadPoolExecutor(IO_THREADS) as pool:  # an object store's latency, not its bandwidth, is the cost
+        with ThreadPoolExecutor(self.lake.io_threads) as pool:
             read = pool.map(lambda dt: self.lake.read_partition(RAW, table, {"dt": dt}), present)
             raws = dict(zip(present, read, strict=True))
         for dt in dts:
@@ -355,7 +355,7 @@ class Gate:
             self._apply_partition_results(tc, prof_df, outcomes)
         if batches:
             self._validate_rows(tc, batches, outcomes)
-        with ThreadPoolExecutor(IO_THREADS) as pool:
+        with ThreadPoolExecutor(self.lake.io_threads) as pool:
             list(pool.map(self._write_result, outcomes.values()))
         for out in outcomes.values():
             log.info("%s", out.summary())
@@ -477,7 +477,7 @@ class Gate:
 
     def _publish_all(self, jobs: Iterable[tuple[TableContract, PartitionOutcome, pa.Table, pa.Table, list]]) -> None:
         """Publish partitions a few at a time: each is its own quarantine-then-clean commit."""
-        with ThreadPoolExecutor(IO_THREADS) as pool:
+        with ThreadPoolExecutor(self.lake.io_threads) as pool:
             list(pool.map(lambda job: self._publish(*job), jobs))
 
     def _publish(
