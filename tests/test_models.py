@@ -96,6 +96,8 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     arts = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
     assert {"plots/roc_pr.png", "plots/gains_lift.png", "plots/calibration.png", "plots/shap_summary.png"} <= arts
     assert child.inputs.dataset_inputs, "training data lineage missing"
+    schemas = [json.loads(d.dataset.schema)["mlflow_colspec"] for d in child.inputs.dataset_inputs]
+    assert all([c["name"] for c in cols] == ["customer_id", "snapshot", "label"] for cols in schemas), schemas
     objects = boto3.client("s3", endpoint_url=s3_server.endpoint_url).list_objects_v2(Bucket="mlflow")
     assert objects.get("KeyCount", 0) > 0, "artifacts did not land on the S3 server"
 
