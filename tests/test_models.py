@@ -82,6 +82,15 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     assert r["test_auc"] > 0.7 and r["oracle_auc"] is not None and r["oracle_auc"] >= r["test_auc"] - 0.05
     assert r["test_auc"] > max(v for v in r["baseline_auc"].values() if v is not None) - 0.02
     assert 0 <= r["ece"] < 0.1
+    # pooled out-of-time test: every metric with its 95% interval, baselines as paired differences
+    iv = r["intervals"]
+    assert iv["resampling"] == "cluster" and iv["n_rows"] == r["n_test"] and 0 < iv["n_clusters"] <= iv["n_rows"]
+    for name, value in (("auc", r["test_auc"]), ("pr_auc", r["test_pr_auc"]), ("ece", r["ece"])):
+        m = iv["model"][name]
+        assert m["low"] <= round(value, 4) <= m["high"] and m["low"] < m["high"], (name, m)
+    for b, auc in r["baseline_auc"].items():
+        d = iv["baselines"][b]["auc_diff"]
+        assert d["estimate"] == pytest.approx(r["test_auc"] - auc, abs=1e-4) and d["low"] < d["estimate"] < d["high"]
     client = MlflowClient(mlflow_server.tracking_uri, registry_uri=mlflow_server.tracking_uri)
     assert client.get_model_version_by_alias("propensity-churn", "champion").version == "1"
     v1 = client.get_model_version("propensity-churn", "1")
@@ -91,6 +100,9 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     child = client.get_run(trainer.results["churn"].run_id)
     assert child.data.tags["mlflow.parentRunId"] == report["parent_run_id"]
     assert {"test_auc", "test_pr_auc", "test_ece", "test_lift_top10", "baseline_logreg_rfm_auc", "oracle_auc"} <= set(
+        child.data.metrics
+    )
+    assert {"test_auc_low", "test_auc_high", "test_ece_high", "baseline_recency_frequency_auc_diff_low"} <= set(
         child.data.metrics
     )
     arts = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
@@ -106,7 +118,9 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     assert bad["model_version"] == "2" and bad["promoted"] is False
     assert client.get_model_version_by_alias("propensity-churn", "champion").version == "1"
     assert client.get_model_version_by_alias("propensity-churn", "challenger").version == "2"
-    assert client.get_model_version("propensity-churn", "2").tags["gate.decision"] == "rejected"
+    v2 = client.get_model_version("propensity-churn", "2").tags
+    assert v2["gate.decision"] == "rejected" and float(v2["gate.auc_diff_low"]) < -shop.models.margin
+    assert "AUC difference to champion" in v2["gate.reasons"] and "lower bound" in v2["gate.reasons"]
 
     # the champion reloads through pyfunc and returns calibrated probabilities, same as in memory
     mlflow.set_tracking_uri(mlflow_server.tracking_uri)
@@ -180,6 +194,8 @@ def test_retraining_on_the_same_data_leaves_one_model_version(shop, mlflow_serve
     assert r["outcome"] == f"unchanged (same data and parameters as v{first['model_version']})"
     assert (r["data_digest"], r["params_digest"]) == (matched.tags["data_digest"], matched.tags["params_digest"])
     assert r["test_auc"] == pytest.approx(first["test_auc"]) and r["ece"] == pytest.approx(first["ece"])
+    if first["intervals"]:  # read back from the matched version's run
+        assert r["intervals"]["model"]["auc"] == pytest.approx(first["intervals"]["model"]["auc"])
     assert r["baseline_auc"] == pytest.approx(first["baseline_auc"]) and r["n_train"] == first["n_train"]
     assert {v.version for v in client.search_model_versions("name = 'propensity-churn'")} == versions
     assert client.get_model_version_by_alias("propensity-churn", "champion").version == champion

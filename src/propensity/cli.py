@@ -125,6 +125,25 @@ def cmd_features(s: Settings, a: argparse.Namespace) -> int:
     return 0
 
 
+def _bounds(intervals: dict, metric: str) -> str:
+    """`` [low, high]`` of a pooled test metric's 95% interval ('' when not computed)."""
+    iv = intervals.get("model", {}).get(metric)
+    return f" [{iv['low']:.4f}, {iv['high']:.4f}]" if iv and iv.get("low") is not None else ""
+
+
+def _best_diff(intervals: dict) -> str:
+    """The paired AUC difference to the strongest baseline, with its 95% interval."""
+    diffs = {b: v["auc_diff"] for b, v in intervals.get("baselines", {}).items()}
+    if not diffs:
+        return ""
+    b, d = min(diffs.items(), key=lambda kv: kv[1]["estimate"])
+    return f"  vs {b} {d['estimate']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def _pooled(intervals: dict) -> str:
+    return f"test {intervals['n_rows']:,} rows, {intervals['n_positives']:,} positives  " if intervals else ""
+
+
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -140,9 +159,11 @@ def print_train(s: Settings, records: list[pipeline.TrainRecord], report_path: s
         oracle = f"{r['oracle_auc']:.4f}" if r.get("oracle_auc") is not None else "n/a"
         base = ", ".join(f"{k} {v:.4f}" for k, v in r["baseline_auc"].items() if v is not None)
         verdict = r.get("outcome") or ("PROMOTED to champion" if record.promoted else "kept as challenger")
+        iv = r.get("intervals") or {}
         print(
-            f"{record.task:<11} test AUC {_num(r['test_auc'])}  PR AUC {_num(r['test_pr_auc'])}  ECE {_num(r['ece'])}  "
-            f"oracle {oracle}  baselines: {base}  n_train {r['n_train'] or 0:,}  v{r['model_version']} {verdict}"
+            f"{record.task:<11} test AUC {_num(r['test_auc'])}{_bounds(iv, 'auc')}  PR AUC {_num(r['test_pr_auc'])}  "
+            f"ECE {_num(r['ece'])}{_bounds(iv, 'ece')}  oracle {oracle}  baselines: {base}{_best_diff(iv)}  "
+            f"{_pooled(iv)}n_train {r['n_train'] or 0:,}  v{r['model_version']} {verdict}"
         )
     report = {
         "tasks": {r.task: r.report for r in records},

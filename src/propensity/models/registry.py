@@ -110,8 +110,16 @@ def gate_and_alias(
     tags: dict[str, str] | None = None,
     promote: bool = True,
     fingerprint: Fingerprint | None = None,
+    challenger_scores: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Tag ``version``, make it ``challenger`` and, if it passes the gate and ``promote``, ``champion``.
+
+    With ``challenger_scores`` (the challenger's scores of ``x_test``), the champion is judged
+    on the paired AUC difference: the challenger passes when the lower bound of the 95%
+    interval of (challenger - champion), both scored on the same customer-cluster resamples
+    (``groups``), is above ``-margin``. One test snapshot's AUC moves by about 0.02 from luck,
+    so comparing two point estimates promoted or kept models on noise.
 
     With ``promote=False`` the gate still runs and its verdict is recorded, but the champion stays.
     With a ``fingerprint`` that an earlier version already carries, ``version`` is a duplicate:
@@ -137,18 +145,26 @@ def gate_and_alias(
             return decision
     client.set_registered_model_alias(name, CHALLENGER, version)
     champion_auc: float | None = None
+    diff: dict[str, float] | None = None
     note = ""
     if champ is not None:
         try:
-            scores = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").predict(x_test)
-            champion_auc = safe_auc(y_test, np.asarray(scores))
+            scores = np.asarray(mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").predict(x_test), dtype=float)
+            champion_auc = safe_auc(y_test, scores)
+            if challenger_scores is not None:
+                diff = paired_auc_difference(settings, y_test, challenger_scores, scores, groups)
         except Exception as exc:
             note = f"champion v{champ.version} could not score the test set: {exc}"
             log.warning("%s", note)
     reasons = []
     if challenger_auc < floor:
         reasons.append(f"test AUC {challenger_auc:.4f} below the floor {floor:.4f}")
-    if champion_auc is not None and challenger_auc < champion_auc - margin:
+    if diff is not None and diff["low"] < -margin:
+        reasons.append(
+            f"AUC difference to champion {diff['estimate']:+.4f} (95% interval [{diff['low']:+.4f}, "
+            f"{diff['high']:+.4f}]): its lower bound is below -{margin}"
+        )
+    elif diff is None and champion_auc is not None and challenger_auc < champion_auc - margin:
         reasons.append(f"test AUC {challenger_auc:.4f} worse than champion {champion_auc:.4f} beyond margin {margin}")
     passed = not reasons
     promoted = passed and promote
@@ -161,6 +177,7 @@ def gate_and_alias(
         "challenger_auc": challenger_auc,
         "champion_version": champ.version if champ is not None else None,
         "champion_auc": champion_auc,
+        "auc_diff": diff,
         "floor": floor,
         "margin": margin,
         "promoted": promoted,
@@ -173,6 +190,7 @@ def gate_and_alias(
         "gate.decision": "promoted" if promoted else "passed, not promoted" if passed else "rejected",
         "gate.challenger_auc": f"{challenger_auc:.6f}",
         "gate.champion_auc": "" if champion_auc is None else f"{champion_auc:.6f}",
+        "gate.auc_diff_low": "" if diff is None else f"{diff['low']:.6f}",
         "gate.reasons": "; ".join(decision["reasons"]),
     }
     for k, v in tag.items():
@@ -183,6 +201,16 @@ def gate_and_alias(
         _tag_fingerprint(client, name, version, fingerprint)
     log.info("%s v%s: %s (%s)", name, version, tag["gate.decision"], tag["gate.reasons"])
     return decision
+
+
+def paired_auc_difference(
+    settings: Settings, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, groups: np.ndarray | None
+) -> dict[str, float]:
+    """(challenger - champion) AUC with its paired 95% bootstrap interval, ``{estimate, low, high}``."""
+    from propensity.models.intervals import paired_difference
+
+    m = settings.models
+    return paired_difference("auc", y, challenger, champion, groups, n_boot=m.bootstrap, seed=m.seed).to_dict()
 
 
 def duplicate_decision(

@@ -45,6 +45,7 @@ from propensity.features.snapshot import Snapshot, SnapshotBuilder
 from propensity.features.training import SnapshotPlan, stack
 from propensity.models import plots
 from propensity.models.fingerprint import Fingerprint, data_digest, model_parameters, params_digest
+from propensity.models.intervals import evaluate_with_intervals
 from propensity.models.metrics import evaluate, group_auc, safe_auc
 from propensity.models.model import Calibrator, CategoryEncoder, PropensityModel, model_input
 from propensity.models.pyfunc import PropensityPyfunc
@@ -110,6 +111,8 @@ class TaskResult:
     seconds: float
     model: PropensityModel | None
     test_scores: np.ndarray | None
+    #: :func:`~propensity.models.intervals.evaluate_with_intervals` on the pooled test set
+    intervals: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
     model_version: str | None = None
     promoted: bool = False
@@ -139,6 +142,7 @@ class TaskResult:
             "ece": self.metrics.get("ece"),
             "baseline_auc": self.baseline_auc,
             "oracle_auc": self.oracle_auc,
+            "intervals": self.intervals,
             "n_train": self.n_train,
             "n_test": self.n_test,
             "model_version": self.model_version,
@@ -155,6 +159,7 @@ def run_metrics(r: TaskResult) -> dict[str, float]:
     """The metrics of a task's child run (names the tests and the drift monitor rely on)."""
     metrics = {f"test_{k}": v for k, v in r.metrics.items() if np.isfinite(v)}
     metrics.update({f"baseline_{k}_auc": v for k, v in r.baseline_auc.items() if v is not None})
+    metrics.update(interval_metrics(r.intervals))
     metrics.update({"n_train": r.n_train, "n_valid": r.n_valid, "n_test": r.n_test, "train_seconds": r.seconds})
     if r.valid_auc is not None:
         metrics["valid_auc"] = r.valid_auc
@@ -162,6 +167,44 @@ def run_metrics(r: TaskResult) -> dict[str, float]:
         metrics["oracle_auc"] = r.oracle_auc
         metrics["oracle_gap"] = r.oracle_auc - r.metrics["auc"]
     return metrics
+
+
+def interval_metrics(intervals: dict[str, Any]) -> dict[str, float]:
+    """The 95% bounds as run metrics: ``test_<m>_low/high`` for AUC, PR AUC and ECE, and the
+    paired ``baseline_<b>_auc_diff`` (model minus baseline) with its ``_low/_high``."""
+    out: dict[str, float] = {}
+    for name, iv in intervals.get("model", {}).items():
+        out.update({f"test_{name}_low": iv["low"], f"test_{name}_high": iv["high"]})
+    for b, ivs in intervals.get("baselines", {}).items():
+        d = ivs["auc_diff"]
+        out.update({f"baseline_{b}_auc_diff": d["estimate"], f"baseline_{b}_auc_diff_low": d["low"]})
+        out[f"baseline_{b}_auc_diff_high"] = d["high"]
+    if intervals:
+        out["test_positives"] = intervals["n_positives"]
+    return {k: float(v) for k, v in out.items() if v is not None and np.isfinite(v)}
+
+
+def intervals_from_metrics(logged: dict[str, float]) -> dict[str, Any]:
+    """What :func:`interval_metrics` logged, back in the report's shape (for an unchanged task,
+    whose figures are its matched version's run); empty for runs logged without intervals."""
+    model = {
+        k: {"estimate": logged[f"test_{k}"], "low": logged[f"test_{k}_low"], "high": logged[f"test_{k}_high"]}
+        for k in ("auc", "pr_auc", "ece")
+        if f"test_{k}_low" in logged
+    }
+    if not model:
+        return {}
+    baselines = {
+        b: {"auc_diff": {"estimate": logged[f"{pre}"], "low": logged[f"{pre}_low"], "high": logged[f"{pre}_high"]}}
+        for b in BASELINES
+        if (pre := f"baseline_{b}_auc_diff") in logged
+    }
+    return {
+        "n_rows": int(logged.get("n_test", 0)),
+        "n_positives": int(logged.get("test_positives", 0)),
+        "model": model,
+        "baselines": baselines,
+    }
 
 
 def headline_metrics(metrics: dict[str, float], task: str, several: bool) -> dict[str, float]:
@@ -177,6 +220,7 @@ def plan_params(task: str, plan: SnapshotPlan) -> dict[str, Any]:
         "task": task,
         "horizon_days": plan.horizon_days,
         "test_snapshot": plan.test.isoformat(),
+        "test_snapshots": ",".join(d.isoformat() for d in plan.tests),
         "valid_snapshot": plan.valid.isoformat() if plan.valid else "customer holdout",
         "train_snapshots": ",".join(d.isoformat() for d in plan.train),
     }
@@ -188,7 +232,7 @@ def plan_identity(plan: SnapshotPlan) -> dict[str, Any]:
         "horizon_days": plan.horizon_days,
         "train": [d.isoformat() for d in plan.train],
         "valid": plan.valid.isoformat() if plan.valid else None,
-        "test": plan.test.isoformat(),
+        "test": [d.isoformat() for d in plan.tests],
     }
 
 
@@ -205,6 +249,7 @@ def unchanged_result(
         valid_auc=logged.get("valid_auc"),
         baseline_auc={b: logged.get(f"baseline_{b}_auc") for b in BASELINES},
         oracle_auc=logged.get("oracle_auc"),
+        intervals=intervals_from_metrics(logged),
         n_train=len(fr.train),
         n_valid=len(fr.valid),
         n_test=len(fr.test),
@@ -330,7 +375,7 @@ class Trainer:
                 df = df.join(prof, on="customer_id", how="left")
             return df.to_pandas()
 
-        train, test = block(list(plan.train)), block([plan.test], True)
+        train, test = block(list(plan.train)), block(list(plan.tests), True)
         if plan.valid is not None:
             return TaskFrames(plan, train, block([plan.valid]), test)
         held = train["customer_id"].map(lambda c: zlib.crc32(str(c).encode()) % 5 == 0).to_numpy()
@@ -377,15 +422,21 @@ class Trainer:
     # evaluation ---------------------------------------------------------------------------
 
     def oracle_auc(self, task: str, plan: SnapshotPlan, test: pd.DataFrame) -> float | None:
-        """On simulated data only: AUC of the oracle probabilities on the realised test labels."""
+        """On simulated data only: AUC of the oracle probabilities on the realised test labels
+        (each pooled test snapshot's rows against that snapshot's probabilities)."""
         truth_dir = self.settings.truth_dir
         if not (truth_dir / "meta.json").exists():
             return None
         from propensity.simulate.oracle import Truth
 
+        truth = Truth.read(truth_dir)
         col = "p_inactive" if self.settings.tasks[task].label == "inactive" else "p_purchase"
-        probs = Truth.read(truth_dir).probabilities(plan.test, plan.horizon_days).to_pandas()
-        joined = test[["customer_id", "label"]].merge(probs, on="customer_id", how="inner")
+        days = pd.to_datetime(test["snapshot"]).dt.date.to_numpy()
+        parts = []
+        for d in plan.tests:
+            probs = truth.probabilities(d, plan.horizon_days).to_pandas()[["customer_id", col]]
+            parts.append(test.loc[days == d, ["customer_id", "label"]].merge(probs, on="customer_id", how="inner"))
+        joined = pd.concat(parts, ignore_index=True)
         if len(joined) < 0.9 * len(test):  # a different shop than the one simulated
             return None
         return safe_auc(joined["label"].to_numpy(), joined[col].to_numpy())
@@ -414,6 +465,18 @@ class Trainer:
             "recency_frequency": heuristic_score(fr.test, label),
         }
         baseline_auc = {k: safe_auc(y, v) for k, v in base_scores.items()}
+        try:
+            intervals = evaluate_with_intervals(
+                y,
+                p,
+                groups=fr.test["customer_id"].to_numpy(),  # a customer is in several pooled snapshots
+                baselines=base_scores,
+                n_boot=self.settings.models.bootstrap,
+                seed=self.settings.models.seed,
+            )
+        except ValueError as exc:  # too few positives for an interval (a tiny shop): the point estimates stand
+            log.warning("%s: no test intervals: %s", task, exc)
+            intervals = {}
         for col in ("country", "lifecycle_stage"):
             for g, auc in group_auc(y, p, fr.test[col].fillna("unknown").to_numpy()).items():
                 metrics[f"auc_{col}_{g}"] = auc
@@ -430,6 +493,7 @@ class Trainer:
             seconds=time.perf_counter() - t0,
             model=model,
             test_scores=p,
+            intervals=intervals,
         )
         return result, base_scores
 
@@ -554,6 +618,8 @@ class Trainer:
                 tags={"snapshot": fr.plan.test.isoformat(), "code_version": code_version()},
                 promote=promote,
                 fingerprint=fp,
+                challenger_scores=r.test_scores,
+                groups=fr.test["customer_id"].to_numpy(),
             )
             r.promoted = bool(r.decision["promoted"])
             mlflow.log_dict(r.decision, "comparison.json")

@@ -1,0 +1,83 @@
+"""The out-of-time plan with pooled test snapshots: no training or validation label window
+overlaps any test window, whatever the horizon, spacing, history and holdout mode."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from propensity.config import FeatureConfig, TaskConfig, default_tasks
+from propensity.errors import RequestError
+from propensity.features.training import plan_snapshots
+
+START = date(2024, 1, 1)
+
+
+def _window(t: date, horizon: int) -> tuple[date, date]:
+    """The label window [t, t + H) as a half-open pair."""
+    return t, t + timedelta(days=horizon)
+
+
+def _overlap(a: tuple[date, date], b: tuple[date, date]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    horizon=st.integers(1, 120),
+    k=st.integers(1, 10),
+    every=st.integers(1, 35),
+    span=st.integers(0, 400),
+    min_history=st.integers(0, 120),
+    days=st.integers(30, 900),
+    holdout=st.sampled_from(["oot", "customers"]),
+    as_of_back=st.one_of(st.none(), st.integers(0, 200)),
+)
+def test_no_training_or_validation_label_window_overlaps_a_test_window(
+    horizon, k, every, span, min_history, days, holdout, as_of_back
+):
+    task = TaskConfig(horizon_days=horizon, label="purchase", test_snapshots=k)
+    cfg = FeatureConfig(
+        snapshot_every_days=every, training_span_days=span, min_history_days=min_history, holdout=holdout
+    )
+    last = START + timedelta(days=days - 1)
+    latest_labelled = last + timedelta(days=1) - timedelta(days=horizon)
+    as_of = None if as_of_back is None else latest_labelled - timedelta(days=as_of_back)
+    try:
+        plan = plan_snapshots("t", task, START, last, cfg, as_of)
+    except RequestError:
+        return  # too little history for any split: refused, never a leaky plan
+    tests = [_window(t, horizon) for t in plan.tests]
+    assert 1 <= len(plan.tests) <= k
+    assert list(plan.tests) == sorted(set(plan.tests))
+    assert plan.test == (as_of if as_of is not None and as_of < latest_labelled else latest_labelled)
+    assert all(end <= last + timedelta(days=1) for _, end in tests), "a test label window is not complete"
+    assert plan.train, "no training snapshot"
+    for t in plan.train:
+        assert all(not _overlap(_window(t, horizon), w) and t < w[0] for w in tests), (t, plan.tests)
+    if holdout == "oot":
+        assert plan.valid is not None
+        assert all(not _overlap(_window(plan.valid, horizon), w) for w in tests)
+        assert all(not _overlap(_window(t, horizon), _window(plan.valid, horizon)) for t in plan.train)
+    else:
+        assert plan.valid is None
+    assert set(plan.all()) == {*plan.train, *plan.tests, *([plan.valid] if plan.valid else [])}
+
+
+def test_pooled_tests_are_spaced_and_shrink_with_a_short_history():
+    cfg = FeatureConfig()  # every 14 days, 60 days of minimum history
+    conversion = default_tasks()["conversion"]
+    last = START + timedelta(days=729)
+    plan = plan_snapshots("conversion", conversion, START, last, cfg)
+    assert len(plan.tests) == conversion.test_snapshots == 4
+    assert [b - a for a, b in zip(plan.tests, plan.tests[1:], strict=False)] == [timedelta(days=14)] * 3
+    assert plan.valid == plan.tests[0] - timedelta(days=14)
+
+    # 150 days leave room for fewer test snapshots, never for none
+    short = plan_snapshots("conversion", conversion, START, START + timedelta(days=149), cfg)
+    assert 1 <= len(short.tests) < 4
+    with pytest.raises(RequestError, match="not enough history"):
+        plan_snapshots("conversion", conversion, START, START + timedelta(days=80), cfg)
