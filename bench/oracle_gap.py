@@ -55,6 +55,11 @@ def attach_oracle(df: pd.DataFrame, truth: Truth, horizon: int, col: str) -> np.
 
 def ceiling_auc(trainer: Trainer, fr: TaskFrames, target_train: np.ndarray) -> float:
     """Test AUC of the production LightGBM settings trained on oracle probabilities (soft labels)."""
+    return float(safe_auc(fr.test["label"].to_numpy(), ceiling_scores(trainer, fr, target_train)))
+
+
+def ceiling_scores(trainer: Trainer, fr: TaskFrames, target_train: np.ndarray) -> np.ndarray:
+    """Test scores of the production LightGBM settings trained on oracle probabilities (soft labels)."""
     feats = feature_names()
     cats = [c for c in categorical_features() if c in feats]
     x_train = model_input(fr.train, feats, set(cats))
@@ -70,8 +75,7 @@ def ceiling_auc(trainer: Trainer, fr: TaskFrames, target_train: np.ndarray) -> f
     # early stopping on the validation snapshot's AUC against its real labels, like the trainer
     dvalid = lgb.Dataset(x(fr.valid), fr.valid["label"].to_numpy(), categorical_feature=cats, reference=dtrain)
     booster = train_booster(params, dtrain, dvalid, m)
-    p = booster.predict(x(fr.test), num_iteration=booster.best_iteration)
-    return float(safe_auc(fr.test["label"].to_numpy(), p))
+    return booster.predict(x(fr.test), num_iteration=booster.best_iteration)
 
 
 def bootstrap_gap(y: np.ndarray, p_model: np.ndarray, p_oracle: np.ndarray, n: int = 200) -> tuple[float, float]:
