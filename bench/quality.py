@@ -9,7 +9,8 @@ MLflow). Seed 7 with the defaults is the ``make demo`` shop. Per task and seed i
 
 - test AUC on the pooled out-of-time test set, with its 95% customer-cluster bootstrap interval;
 - the paired AUC difference to the best baseline (the one with the highest AUC), with its interval;
-- pooled ECE with its interval;
+- pooled ECE with its interval, next to the ECE a perfectly calibrated model would show on the
+  same rows (labels drawn from the model's own scores; finite bins put it above 0) and the oracle's;
 - the oracle's AUC and the oracle gap (oracle - model);
 - the learning gap: the same LightGBM trained on the oracle's probabilities of the training rows
   (``bench/oracle_gap.py``'s ceiling: what these features reach with noise-free labels) minus
@@ -39,6 +40,7 @@ from oracle_gap import attach_oracle, ceiling_scores, oracle_column
 
 from propensity.config import Settings
 from propensity.models.intervals import paired_difference
+from propensity.models.metrics import expected_calibration_error
 from propensity.models.train import Trainer
 from propensity.simulate.oracle import Truth
 
@@ -91,6 +93,12 @@ def evaluate(home: Path, seed: int) -> list[dict]:
         soft = attach_oracle(fr.train, truth, plan.horizon_days, oracle_column(s, task))
         p_ceiling = ceiling_scores(trainer, fr, soft)
         learning = paired_difference("auc", y, p_ceiling, res.test_scores, groups, n_boot=s.models.bootstrap)
+        # the ECE the test set's size allows: the oracle's, and a perfectly calibrated model's (labels
+        # drawn from its own scores) on the same rows; finite bins put both above 0
+        p_oracle = attach_oracle(fr.test, truth, plan.horizon_days, oracle_column(s, task))
+        known = ~np.isnan(p_oracle)
+        rng, p = np.random.default_rng(0), res.test_scores
+        floor = [expected_calibration_error((rng.random(len(p)) < p).astype(float), p) for _ in range(100)]
         iv = r["intervals"]
         best = max(r["baseline_auc"], key=lambda b: r["baseline_auc"][b] or 0.0)
         rows.append(
@@ -105,6 +113,8 @@ def evaluate(home: Path, seed: int) -> list[dict]:
                 "diff": iv["baselines"][best]["auc_diff"],
                 "ece": iv["model"]["ece"],
                 "oracle": r["oracle_auc"],
+                "oracle_ece": expected_calibration_error(y[known], p_oracle[known]),
+                "ece_floor": float(np.mean(floor)),
                 "learning_gap": learning.to_dict(),
             }
         )
@@ -119,14 +129,15 @@ def fmt(iv: dict, signed: bool = False) -> str:
 def print_rows(rows: list[dict]) -> None:
     print(
         "| seed | task | test snapshots (rows, positives) | test AUC [95%] | best baseline | AUC - baseline [95%] | "
-        "ECE [95%] | oracle | oracle gap | learning gap [95%] |"
+        "ECE [95%] | ECE noise floor | oracle ECE | oracle | oracle gap | learning gap [95%] |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         gap = r["oracle"] - r["auc"]["estimate"] if r["oracle"] is not None else float("nan")
         print(
             f"| {r['seed']} | {r['task']} | {r['test_snapshots']} ({r['n_test']:,}, {r['positives']:,}) | "
             f"{fmt(r['auc'])} | {r['best_baseline']} | {fmt(r['diff'], True)} | {fmt(r['ece'])} | "
+            f"{r['ece_floor']:.4f} | {r['oracle_ece']:.4f} | "
             f"{r['oracle']:.4f} | {gap:.4f} | {fmt(r['learning_gap'], True)} |"
         )
 

@@ -76,8 +76,8 @@ def test_pooled_tests_are_spaced_and_shrink_with_a_short_history():
     assert [b - a for a, b in zip(plan.tests, plan.tests[1:], strict=False)] == [timedelta(days=14)] * 3
     assert plan.valid == plan.tests[0] - timedelta(days=14)
 
-    # 150 days leave room for fewer test snapshots, never for none
-    short = plan_snapshots("conversion", conversion, START, START + timedelta(days=149), cfg)
-    assert 1 <= len(short.tests) < 4
+    # 120 days leave room for two test snapshots (60 days of history, a training and a validation snapshot)
+    short = plan_snapshots("conversion", conversion, START, START + timedelta(days=119), cfg)
+    assert short.tests == (START + timedelta(days=92), START + timedelta(days=106))  # labels end on day 119
     with pytest.raises(RequestError, match="not enough history"):
         plan_snapshots("conversion", conversion, START, START + timedelta(days=80), cfg)

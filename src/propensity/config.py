@@ -292,6 +292,9 @@ def default_tasks() -> dict[str, TaskConfig]:
             horizon_days=60,
             label="inactive",
             active_days=90,
+            # one snapshot holds 2,400 positives, but its 5,300 rows alone give a perfectly calibrated
+            # model an ECE of 0.015 on average (0.021 at the 95th percentile): three bring that to 0.009
+            test_snapshots=3,
             description="customers active (purchase or session) in the last 90 days: "
             "no purchase and no session in the next 60 days?",
         ),
