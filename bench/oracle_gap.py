@@ -38,21 +38,6 @@ from propensity.models.train import TaskFrames, Trainer, lgb_params, train_boost
 from propensity.simulate.oracle import Truth
 
 
-def oracle_column(settings: Settings, task: str) -> str:
-    return "p_inactive" if settings.tasks[task].label == "inactive" else "p_purchase"
-
-
-def attach_oracle(df: pd.DataFrame, truth: Truth, horizon: int, col: str) -> np.ndarray:
-    """The oracle probability of every (customer, snapshot) row of ``df``."""
-    out = np.full(len(df), np.nan)
-    snaps = pd.to_datetime(df["snapshot"]).dt.date.to_numpy()
-    for d in sorted(set(snaps)):
-        probs = truth.probabilities(d, horizon).to_pandas().set_index("customer_id")[col]
-        rows = snaps == d
-        out[rows] = df.loc[rows, "customer_id"].map(probs).to_numpy(dtype=float)
-    return out
-
-
 def ceiling_auc(trainer: Trainer, fr: TaskFrames, target_train: np.ndarray) -> float:
     """Test AUC of the production LightGBM settings trained on oracle probabilities (soft labels)."""
     return float(safe_auc(fr.test["label"].to_numpy(), ceiling_scores(trainer, fr, target_train)))
@@ -106,13 +91,13 @@ def main() -> None:
     rows = []
     for task in tasks:
         t0 = time.perf_counter()
-        plan, col = plans[task], oracle_column(settings, task)
+        plan, label = plans[task], settings.tasks[task].label
         fr = trainer.frames(task, plan, tasks)
         model, _ = trainer.fit(fr)
         y = fr.test["label"].to_numpy()
         p_model = model.predict_proba(model_input(fr.test, model.features))
-        p_oracle = attach_oracle(fr.test, truth, plan.horizon_days, col)
-        soft_train = attach_oracle(fr.train, truth, plan.horizon_days, col)
+        p_oracle = truth.row_probabilities(fr.test, plan.horizon_days, label)
+        soft_train = truth.row_probabilities(fr.train, plan.horizon_days, label)
         t_idx = (plan.test - truth.start).days
         alive_ids = set(truth.customer_ids[truth.state_at(t_idx)["alive"]].astype(str))
         alive = fr.test["customer_id"].astype(str).isin(alive_ids).to_numpy()

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from oracle_gap import attach_oracle, ceiling_scores, oracle_column
+from oracle_gap import ceiling_scores
 
 from propensity.config import Settings
 from propensity.models.intervals import paired_difference
@@ -90,12 +90,13 @@ def evaluate(home: Path, seed: int) -> list[dict]:
         res, plan = trainer.results[task], plans[task]
         fr = trainer.frames(task, plan, list(s.tasks))
         y, groups = fr.test["label"].to_numpy(), fr.test["customer_id"].to_numpy()
-        soft = attach_oracle(fr.train, truth, plan.horizon_days, oracle_column(s, task))
+        label = s.tasks[task].label
+        soft = truth.row_probabilities(fr.train, plan.horizon_days, label)
         p_ceiling = ceiling_scores(trainer, fr, soft)
         learning = paired_difference("auc", y, p_ceiling, res.test_scores, groups, n_boot=s.models.bootstrap)
         # the ECE the test set's size allows: the oracle's, and a perfectly calibrated model's (labels
         # drawn from its own scores) on the same rows; finite bins put both above 0
-        p_oracle = attach_oracle(fr.test, truth, plan.horizon_days, oracle_column(s, task))
+        p_oracle = truth.row_probabilities(fr.test, plan.horizon_days, label)
         known = ~np.isnan(p_oracle)
         rng, p = np.random.default_rng(0), res.test_scores
         floor = [expected_calibration_error((rng.random(len(p)) < p).astype(float), p) for _ in range(100)]

@@ -429,17 +429,11 @@ class Trainer:
             return None
         from propensity.simulate.oracle import Truth
 
-        truth = Truth.read(truth_dir)
-        col = "p_inactive" if self.settings.tasks[task].label == "inactive" else "p_purchase"
-        days = pd.to_datetime(test["snapshot"]).dt.date.to_numpy()
-        parts = []
-        for d in plan.tests:
-            probs = truth.probabilities(d, plan.horizon_days).to_pandas()[["customer_id", col]]
-            parts.append(test.loc[days == d, ["customer_id", "label"]].merge(probs, on="customer_id", how="inner"))
-        joined = pd.concat(parts, ignore_index=True)
-        if len(joined) < 0.9 * len(test):  # a different shop than the one simulated
+        p = Truth.read(truth_dir).row_probabilities(test, plan.horizon_days, self.settings.tasks[task].label)
+        known = ~np.isnan(p)
+        if known.sum() < 0.9 * len(test):  # a different shop than the one simulated
             return None
-        return safe_auc(joined["label"].to_numpy(), joined[col].to_numpy())
+        return safe_auc(test["label"].to_numpy()[known], p[known])
 
     def train_task(
         self, task: str, plan: SnapshotPlan, tasks: list[str]

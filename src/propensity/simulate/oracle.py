@@ -16,11 +16,15 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from propensity.calendar import PromotionCalendar
 from propensity.simulate import dynamics as dyn
+
+#: the oracle's column for a task's label (:attr:`~propensity.config.TaskConfig.label`)
+LABEL_COLUMNS = {"purchase": "p_purchase", "inactive": "p_inactive"}
 
 TRAIT_COLUMNS = (
     "signup_day",
@@ -149,6 +153,19 @@ class Truth:
                 "p_inactive": np.clip((a_ns + dead_ns)[ex], 0.0, 1.0),
             }
         )
+
+    def row_probabilities(self, rows: pd.DataFrame, horizon: int, label: str) -> np.ndarray:
+        """The oracle probability of each ``(customer_id, snapshot)`` row of ``rows`` for a task
+        whose label is ``label`` (``purchase`` or ``inactive``), each snapshot's rows against that
+        snapshot's probabilities; NaN for a customer the truth store does not know (another shop)."""
+        column = LABEL_COLUMNS[label]
+        out = np.full(len(rows), np.nan)
+        snaps = pd.to_datetime(rows["snapshot"]).dt.date.to_numpy()
+        for d in sorted(set(snaps)):
+            probs = self.probabilities(d, horizon).to_pandas().set_index("customer_id")[column]
+            at = snaps == d
+            out[at] = rows.loc[at, "customer_id"].map(probs).to_numpy(dtype=float)
+        return out
 
 
 def _promotions(folder: Path) -> PromotionCalendar:
