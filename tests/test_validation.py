@@ -270,9 +270,11 @@ def test_empty_partition_also_trips_the_volume_band(lake_copy, tmp_path):
     assert sorted(m.split(":")[0] for m in out.critical) == ["empty_partition", "volume"]
 
 
-def test_a_day_without_failing_rows_has_no_quarantine_partition(lake_copy, tmp_path):
+@pytest.mark.parametrize("run", ["the day", "with the day before"])
+def test_a_day_without_failing_rows_has_no_quarantine_partition(lake_copy, tmp_path, run):
     """The quarantine holds failing rows only: a day fixed at the source and validated again
-    loses the quarantine partition its first validation wrote."""
+    loses the quarantine partition its first validation wrote, whether it is validated alone
+    or in a run over several days (which lists each zone once for all of them)."""
     settings = _settings(tmp_path, lake_copy)
     lake = Lake.open(settings.lake_uri)
     parts = {"dt": DAY}
@@ -283,7 +285,8 @@ def test_a_day_without_failing_rows_has_no_quarantine_partition(lake_copy, tmp_p
     assert lake.manifest("quarantine", "reviews", parts)["row_count"] == 1
 
     _inject(lake, "reviews", lambda _: good)
-    [again] = Gate(settings).validate([DAY], ["reviews"])
+    before = (END - timedelta(days=1)).isoformat()
+    *_, again = Gate(settings).validate([DAY] if run == "the day" else [before, DAY], ["reviews"])
 
     assert again.published and again.quarantined == {} and again.rows_clean == good.num_rows
     assert lake.manifest("quarantine", "reviews", parts) is None

@@ -188,8 +188,13 @@ class Lake:
         parts: Mapping[str, str],
         data: pa.Table,
         manifest: Mapping[str, Any] | None = None,
+        existing: Iterable[str] | None = None,
     ) -> dict[str, Any]:
-        """Atomically replace one partition with ``data``; returns the manifest written."""
+        """Atomically replace one partition with ``data``; returns the manifest written.
+
+        ``existing`` is the partition's keys from a listing the caller made for many partitions
+        at once (:meth:`listing`); without it the partition is listed after the commit, to
+        remove the files the new manifest no longer names."""
         base = partition_path(zone, table, parts)
         files = []
         for i, start in enumerate(range(0, max(data.num_rows, 1), ROWS_PER_FILE)):
@@ -210,15 +215,37 @@ class Lake:
         }
         self.store.put_text(f"{base}/{MANIFEST}", json.dumps(doc, indent=2, sort_keys=True, default=str))
         keep = {f"{base}/{f['name']}" for f in files} | {f"{base}/{MANIFEST}"}
-        stale = [k for k in self.store.list(base + "/") if k not in keep and "/" not in k[len(base) + 1 :]]
-        self.store.delete(stale)
+        listed = self.store.list(base + "/") if existing is None else existing
+        stale = [k for k in listed if k not in keep and "/" not in k[len(base) + 1 :]]
+        if stale:
+            self.store.delete(stale)
         return doc
 
-    def delete_partition(self, zone: str, table: str, parts: Mapping[str, str]) -> None:
-        """Unpublish a partition: the manifest goes first, so readers stop seeing it at once."""
+    def delete_partition(
+        self, zone: str, table: str, parts: Mapping[str, str], existing: Iterable[str] | None = None
+    ) -> None:
+        """Unpublish a partition: the manifest goes first, so readers stop seeing it at once.
+        With ``existing`` (see :meth:`write_partition`), a partition that has no files costs
+        no call at all."""
         base = partition_path(zone, table, parts)
+        if existing is not None:
+            keys = list(existing)
+            if not keys:
+                return
+            manifest = f"{base}/{MANIFEST}"
+            self.store.delete([k for k in keys if k == manifest])  # the commit point first
+            self.store.delete([k for k in keys if k != manifest])
+            return
         self.store.delete([f"{base}/{MANIFEST}"])
         self.store.delete(self.store.list(base + "/"))
+
+    def listing(self, zone: str, table: str) -> dict[str, list[str]]:
+        """Every key under ``zone/table/``, by the folder that holds it (a partition's path):
+        one listing for a run that writes many partitions of the table, instead of one each."""
+        by_folder: dict[str, list[str]] = {}
+        for key in self.store.list(f"{zone}/{table}/"):
+            by_folder.setdefault(key.rpartition("/")[0], []).append(key)
+        return by_folder
 
     # reading --------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from propensity.config import Settings
 from propensity.contracts import TABLES, TableContract, contract
 from propensity.errors import DataQualityError
-from propensity.lake import Lake
+from propensity.lake import Lake, partition_path
 from propensity.validation import checks as ck
 from propensity.validation.keys import key_index
 from propensity.validation.runner import CheckResult, GXRunner
@@ -476,12 +476,25 @@ class Gate:
         self._publish_all(jobs)
 
     def _publish_all(self, jobs: Iterable[tuple[TableContract, PartitionOutcome, pa.Table, pa.Table, list]]) -> None:
-        """Publish partitions a few at a time: each is its own quarantine-then-clean commit."""
+        """Publish partitions a few at a time: each is its own quarantine-then-clean commit.
+
+        A run over many days lists the table's clean and quarantine folders once, not each
+        partition's twice (an object-store call per partition and zone, most of them empty)."""
+        jobs = list(jobs)
+        listed: dict[str, dict[str, list[str]]] | None = None
+        if len(jobs) > 1:
+            listed = {zone: self.lake.listing(zone, jobs[0][0].name) for zone in (QUARANTINE, CLEAN)}
         with ThreadPoolExecutor(self.lake.io_threads) as pool:
-            list(pool.map(lambda job: self._publish(*job), jobs))
+            list(pool.map(lambda job: self._publish(*job, listed=listed), jobs))
 
     def _publish(
-        self, tc: TableContract, out: PartitionOutcome, clean: pa.Table, bad: pa.Table, bad_checks: list[ck.Check]
+        self,
+        tc: TableContract,
+        out: PartitionOutcome,
+        clean: pa.Table,
+        bad: pa.Table,
+        bad_checks: list[ck.Check],
+        listed: Mapping[str, Mapping[str, list[str]]] | None = None,
     ) -> None:
         """Quarantine first, then clean: the clean manifest is the commit point downstream sees.
 
@@ -500,11 +513,15 @@ class Gate:
         out.rows_clean = clean.num_rows
         parts = {"dt": out.dt}
         meta = {"rows_in": out.rows_in, "quarantined_by_rule": out.quarantined}
+
+        def existing(zone: str) -> list[str] | None:
+            return None if listed is None else listed[zone].get(partition_path(zone, tc.name, parts), [])
+
         if q.num_rows:
-            self.lake.write_partition(QUARANTINE, tc.name, parts, q, meta)
+            self.lake.write_partition(QUARANTINE, tc.name, parts, q, meta, existing(QUARANTINE))
         else:
-            self.lake.delete_partition(QUARANTINE, tc.name, parts)
-        self.lake.write_partition(CLEAN, tc.name, parts, clean, meta)
+            self.lake.delete_partition(QUARANTINE, tc.name, parts, existing(QUARANTINE))
+        self.lake.write_partition(CLEAN, tc.name, parts, clean, meta, existing(CLEAN))
         out.published = True
 
     def _write_result(self, out: PartitionOutcome) -> None:
