@@ -14,6 +14,9 @@ DEMO_DAYS ?= 730
 DEMO_START ?= 2024-01-01
 DEMO_END ?= $(shell $(PYTHON) -c "import datetime as d; print(d.date.fromisoformat('$(DEMO_START)') + d.timedelta(days=$(DEMO_DAYS) - 1))")
 PYTEST_ARGS ?=
+# pytest-xdist workers (one per core by default; 0 runs the suite in this process). A module runs
+# whole on one worker, so its module-scoped fixtures are built once (tests/conftest.py).
+TEST_WORKERS ?= auto
 
 .PHONY: venv services test lint demo clean help catalogue up down
 
@@ -43,7 +46,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 test: venv services lint
-	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/propensity simulate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --start $(DEMO_START)

@@ -13,18 +13,28 @@ the same rows put straight into a clean zone (for tests that read it as a whole)
 Online Retail data set is imported once (:func:`online_retail_db`) and collected and
 validated once (:func:`online_retail_zone`). Shared shops are READ-ONLY: a test that
 writes to one works on a :func:`copy_shop` (copying a lake is cheap next to rebuilding it).
+
+``make test`` runs the suite on pytest-xdist workers (one per core, a module at a time on
+one worker, so module-scoped fixtures are built once). "Once per session" then means once
+per run, not per worker: shared shops and Online Retail live in the folder every worker
+shares (:func:`shared_root`), each built under a file lock (:func:`built_once`) by the
+first worker that needs it, while a second one waits and reuses it. Services and the
+Airflow child stay per worker (seconds each, and a worker must not depend on another
+one's processes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +46,33 @@ from propensity.services import PostgresServer, S3Server, postgres_available
 
 #: ``PROPENSITY_TEST_FSYNC=1`` keeps real fsyncs in the test process (see :func:`_no_fsync`).
 KEEP_FSYNC = os.environ.get("PROPENSITY_TEST_FSYNC") == "1"
+
+
+#: The longest modules (``--durations``), started first: each runs whole on one xdist worker,
+#: so a long one started last would keep a worker busy after the others are done. The third
+#: is short on purpose: xdist hands a worker whose first module has at most two tests a
+#: second module at once, which then waits behind it (the integration test: minutes).
+FIRST_MODULES = (
+    "test_integration.py",
+    "test_dags.py",
+    "test_closing_loop.py",
+    "test_faults.py",
+    "test_validation.py",
+    "test_faults_resilience.py",
+    "test_audiences.py",
+    "test_features.py",
+    "test_models.py",
+    "test_compose.py",
+    "test_faults_lake.py",
+    "test_stack.py",
+    "test_plugin.py",
+    "test_collect.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(FIRST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files in order otherwise
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -112,23 +149,37 @@ def make_shop(home, dirt: DirtConfig = CLEAN, **overrides) -> Settings:
     return settings
 
 
-@dataclass
-class _Shop:
-    settings: Settings  # Data Docs off: validation of a shared shop is setup, not under test
-    params: dict[str, Any]
-    built: set[str] = field(default_factory=set)
-
-    @property
-    def days(self) -> list[date]:
-        return [self.params["start"] + timedelta(days=i) for i in range(self.params["days"])]
-
-    @property
-    def bulk(self) -> Settings:
-        """The same sources, with the lake of the ``bulk`` stage."""
-        return self.settings.model_copy(update={"lake": f"file://{self.settings.home_dir / BULK_LAKE}"})
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary folder every xdist worker of this run shares (without xdist, the
+    session's own): pytest-xdist gives each worker ``<run>/popen-gwN`` as its base."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-_SHOPS: dict[tuple[str, str], _Shop] = {}
+@contextlib.contextmanager
+def built_once(done: Path) -> Iterator[bool]:
+    """Build what ``done`` marks at most once per run, across workers.
+
+    Yields ``True`` when the caller must build it (then ``done`` is written, unless the
+    build raised: the next caller tries again) and ``False`` when a worker already did.
+    An exclusive lock on ``<done>.lock`` is held throughout, so a second worker waits for
+    the first one's build instead of starting its own on half-written files.
+    """
+    done.parent.mkdir(parents=True, exist_ok=True)
+    with open(done.with_name(done.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            needed = not done.exists()
+            yield needed
+            if needed:
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def bulk_lake(settings: Settings) -> Settings:
+    """A shared shop's sources with the lake of its ``bulk`` stage."""
+    return settings.model_copy(update={"lake": f"file://{settings.home_dir / BULK_LAKE}"})
 
 
 def _shop_key(params: dict[str, Any], dirt: DirtConfig) -> str:
@@ -139,7 +190,7 @@ def _shop_key(params: dict[str, Any], dirt: DirtConfig) -> str:
 def shared_shop(
     tmp_path_factory: pytest.TempPathFactory, stage: str = "clean", dirt: DirtConfig = CLEAN, **overrides: Any
 ) -> Settings:
-    """The session's shop for ``SMALL_SHOP | overrides`` (and ``dirt``), built up to ``stage``:
+    """The run's shop for ``SMALL_SHOP | overrides`` (and ``dirt``), built up to ``stage``:
 
     * ``sources``: simulated (shop DB, clickstream landing, FX drops, oracle);
     * ``raw``: and every day collected into the lake's raw zone;
@@ -147,41 +198,42 @@ def shared_shop(
     * ``bulk``: the sources straight into the clean zone of a lake of its own
       (:func:`bulk_clean`: the same rows as ``clean``, one partition per table).
 
-    Each stage is built once per session and parameters, whichever test asks first, in
-    place (``bulk`` beside the others). READ-ONLY: never write to it (use :func:`copy_shop`),
-    and never rely on a stage or zone being absent.
+    Each stage is built once per run and parameters (:func:`built_once`), whichever test
+    asks first, in place (``bulk`` beside the others). READ-ONLY: never write to it (use
+    :func:`copy_shop`), and never rely on a stage or zone being absent.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: one of {STAGES}")
     params = {**SMALL_SHOP, **overrides}
-    key = (_shop_key(params, dirt), str(tmp_path_factory.getbasetemp()))
-    shop = _SHOPS.get(key)
-    if shop is None:
-        home = tmp_path_factory.getbasetemp() / "shops" / key[0]
-        with scrubbed_env():
-            settings = Settings(home=home, validation={"docs": False})
-        shop = _SHOPS[key] = _Shop(settings, params)
-    if "sources" not in shop.built:
+    key = _shop_key(params, dirt)
+    home = shared_root(tmp_path_factory) / "shops" / key
+    with scrubbed_env():
+        settings = Settings(home=home, validation={"docs": False})
+    days = [params["start"] + timedelta(days=i) for i in range(params["days"])]
+    needed = {"sources": ["sources"], "raw": ["sources", "raw"], "clean": ["sources", "raw", "clean"]}
+    for step in needed.get(stage, ["sources", "bulk"]):
+        with built_once(home.parent / f"{key}.{step}") as build:
+            if build:
+                _build_stage(settings, step, days, params, dirt)
+    return bulk_lake(settings) if stage == "bulk" else settings
+
+
+def _build_stage(settings: Settings, stage: str, days: list[date], params: dict[str, Any], dirt: DirtConfig) -> None:
+    """One stage of a shared shop (see :func:`shared_shop`), on what the stages before it built."""
+    if stage == "sources":
         from propensity.simulate import simulate
 
-        simulate(shop.settings, dirt_cfg=dirt, **params)
-        shop.built.add("sources")
-    if stage == "bulk":
-        if stage not in shop.built:
-            bulk_clean(shop.bulk, shop.days[0], len(shop.days))
-            shop.built.add(stage)
-        return shop.bulk
-    if stage in ("raw", "clean") and "raw" not in shop.built:
+        simulate(settings, dirt_cfg=dirt, **params)
+    elif stage == "raw":
         from propensity.collect import collect
 
-        collect(shop.settings, shop.days[0], shop.days[-1])
-        shop.built.add("raw")
-    if stage == "clean" and "clean" not in shop.built:
+        collect(settings, days[0], days[-1])
+    elif stage == "clean":
         from propensity.validation import Gate
 
-        Gate(shop.settings).validate(shop.days)
-        shop.built.add("clean")
-    return shop.settings
+        Gate(settings).validate(days)
+    else:
+        bulk_clean(bulk_lake(settings), days[0], len(days))
 
 
 def bulk_clean(settings: Settings, start: date, days: int) -> None:
@@ -264,39 +316,49 @@ class OnlineRetail:
 
 @pytest.fixture(scope="session")
 def online_retail_db(tmp_path_factory) -> OnlineRetail:
-    """UCI Online Retail imported into a shop DB (nothing collected yet). READ-ONLY."""
+    """UCI Online Retail imported into a shop DB (nothing collected yet), once per run. READ-ONLY."""
     if not ONLINE_RETAIL.exists():
         pytest.skip(f"dataset not available: {ONLINE_RETAIL}")
-    from propensity.importers import import_online_retail
-    from propensity.sources.oltp import ShopDB
-
     with scrubbed_env():
-        settings = Settings(home=tmp_path_factory.mktemp("online_retail"))
-    settings.home_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    db = ShopDB(settings.shop_db_url)
-    try:
-        report = import_online_retail(ONLINE_RETAIL, db)
-    finally:
-        db.dispose()
-    return OnlineRetail(settings, report, [], {"import": time.perf_counter() - t0})
+        settings = Settings(home=shared_root(tmp_path_factory) / "online_retail")
+    saved = settings.home_dir.parent / "online_retail.import.pickle"
+    with built_once(saved) as build:
+        if build:
+            from propensity.importers import import_online_retail
+            from propensity.sources.oltp import ShopDB
+
+            settings.home_dir.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            db = ShopDB(settings.shop_db_url)
+            try:
+                report = import_online_retail(ONLINE_RETAIL, db)
+            finally:
+                db.dispose()
+            saved.write_bytes(pickle.dumps((report, {"import": time.perf_counter() - t0})))
+    report, seconds = pickle.loads(saved.read_bytes())
+    return OnlineRetail(settings, report, [], seconds)
 
 
 @pytest.fixture(scope="session")
 def online_retail_zone(online_retail_db: OnlineRetail) -> OnlineRetail:
     """Online Retail collected into raw and validated into clean/quarantine over its whole
-    span, with the production settings (Data Docs on). READ-ONLY: copy what you write to."""
-    from propensity.collect import collect
-    from propensity.validation import Gate
-
+    span, with the production settings (Data Docs on), once per run. READ-ONLY: copy what
+    you write to."""
     shop = online_retail_db
+    saved = shop.settings.home_dir.parent / "online_retail.zone.pickle"
+    with built_once(saved) as build:
+        if build:
+            from propensity.collect import collect
+            from propensity.validation import Gate
+
+            first, last = ONLINE_RETAIL_DAYS
+            t0 = time.perf_counter()
+            collect(shop.settings, first, last)
+            t1 = time.perf_counter()
+            outcomes = Gate(shop.settings).validate([first + timedelta(days=i) for i in range((last - first).days + 1)])
+            saved.write_bytes(pickle.dumps((outcomes, {"collect": t1 - t0, "validate": time.perf_counter() - t1})))
     if not shop.outcomes:
-        first, last = ONLINE_RETAIL_DAYS
-        t0 = time.perf_counter()
-        collect(shop.settings, first, last)
-        t1 = time.perf_counter()
-        shop.outcomes = Gate(shop.settings).validate(
-            [first + timedelta(days=i) for i in range((last - first).days + 1)]
-        )
-        shop.seconds |= {"collect": t1 - t0, "validate": time.perf_counter() - t1}
+        outcomes, seconds = pickle.loads(saved.read_bytes())
+        shop.outcomes = outcomes
+        shop.seconds |= seconds
     return shop

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from airflow_env import DAGS_FOLDER, AirflowEnv, airflow_env  # noqa: F401  (fixture)
+from conftest import copy_shop
 
 from propensity import zones
 from propensity.airflow import fail_fast, partitions, steps
@@ -786,7 +787,9 @@ def monitor_runs(airflow_env: AirflowEnv, tmp_path_factory: pytest.TempPathFacto
     for the current snapshot on the stable and on the shifted shop (same seed and dates)."""
     from test_drift import CURRENT, DRILL_FEATURES, SHIFT_DAY, drill_shops
 
-    shops = drill_shops(tmp_path_factory)
+    # private copies: training and monitoring write to the lake, which the drift tests read
+    drill = drill_shops(tmp_path_factory)
+    shops = {name: copy_shop(shop, tmp_path_factory.mktemp(f"drill_{name}")) for name, shop in drill.items()}
     mlflow_dir = tmp_path_factory.mktemp("drill_mlflow")
     env = {
         "PROPENSITY_MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_dir}/mlflow.db",

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
-from conftest import CLEAN, bulk_clean
+from conftest import CLEAN, built_once, bulk_clean, shared_root
 
 from propensity.calendar import PromotionCalendar, known_calendar
 from propensity.config import Settings, ShiftConfig, load_settings
@@ -184,29 +184,27 @@ SHIFT = {
     "device_mix": {"app": 0.5, "mobile": 0.35, "desktop": 0.1, "tablet": 0.05},
 }
 TASKS = ("conversion", "repurchase", "churn")
-_SHOPS: dict[str, dict[str, Settings]] = {}
 
 
 def drill_shops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Settings]:
     """Two shops, same seed and dates: ``stable`` and ``shifted`` (:data:`SHIFT` from
-    :data:`SHIFT_DAY`), each with a clean zone and the :data:`CURRENT` snapshot published."""
-    key = str(tmp_path_factory.getbasetemp())
-    if key not in _SHOPS:
-        shops = {}
-        saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("PROPENSITY_")]}
-        try:
-            for name, shift in (("stable", None), ("shifted", SHIFT)):
-                settings = load_settings(
-                    home=tmp_path_factory.mktemp(f"drift_{name}"), simulation={"shift": shift}, features=DRILL_FEATURES
-                )
-                simulate(settings, customers=CUSTOMERS, days=DAYS, start=START, seed=SEED, dirt_cfg=CLEAN)
-                bulk_clean(settings, START, DAYS)
-                SnapshotBuilder(settings).build_and_publish(CURRENT)
-                shops[name] = settings
-        finally:
-            os.environ.update(saved)
-        _SHOPS[key] = shops
-    return _SHOPS[key]
+    :data:`SHIFT_DAY`), each with a clean zone and the :data:`CURRENT` snapshot published;
+    built once per run (:func:`conftest.built_once`), whichever worker asks first."""
+    shops = {}
+    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("PROPENSITY_")]}
+    try:
+        for name, shift in (("stable", None), ("shifted", SHIFT)):
+            home = shared_root(tmp_path_factory) / f"drift_{name}"
+            settings = load_settings(home=home, simulation={"shift": shift}, features=DRILL_FEATURES)
+            with built_once(home.with_name(home.name + ".built")) as build:
+                if build:
+                    simulate(settings, customers=CUSTOMERS, days=DAYS, start=START, seed=SEED, dirt_cfg=CLEAN)
+                    bulk_clean(settings, START, DAYS)
+                    SnapshotBuilder(settings).build_and_publish(CURRENT)
+            shops[name] = settings
+    finally:
+        os.environ.update(saved)
+    return shops
 
 
 @pytest.fixture(scope="module")
