@@ -17,6 +17,7 @@ Any row whose timestamps are all ``>= T`` therefore cannot influence a snapshot 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, timedelta
 
@@ -147,9 +148,13 @@ class ShopData:
         and the days each table had published in the listing its rows were read from: the gap
         check then judges exactly the data loaded."""
         frames, days = {}, {}
+        cols_of = columns or {}
+        with ThreadPoolExecutor(min(lake.io_threads, len(TABLE_NAMES))) as pool:  # Parquet decoding frees the GIL
+            read = pool.map(lambda name: history.read(lake, name, cols_of.get(name), zone), TABLE_NAMES)
+            found = dict(zip(TABLE_NAMES, read, strict=True))
         for name in TABLE_NAMES:
-            cols = (columns or {}).get(name)
-            df, listing = history.read(lake, name, cols, zone)
+            cols = cols_of.get(name)
+            df, listing = found[name]
             df = df if df is not None and df.height else _empty(name).select(cols or pl.all())
             frames[name] = _compact(name, df)
             days[name] = {date.fromisoformat(d) for d in listing.values("dt")}

@@ -83,6 +83,8 @@ class SnapshotBuilder:
     data_: ShopData | None = None
     #: the days each clean table had published when :attr:`data` was loaded
     days_: dict[str, set[date]] = field(default_factory=dict)
+    #: how long loading :attr:`data` took: the input side of the feature work, paid once per builder
+    read_seconds: float = 0.0
 
     @cached_property
     def lake(self) -> Lake:
@@ -97,7 +99,9 @@ class SnapshotBuilder:
     @property
     def data(self) -> ShopData:
         if self.data_ is None:
+            t0 = time.perf_counter()
             self.data_, self.days_ = ShopData.load_listed(self.lake, columns=USED_COLUMNS)
+            self.read_seconds = time.perf_counter() - t0
         return self.data_
 
     @cached_property
