@@ -54,8 +54,7 @@ def ceiling_scores(trainer: Trainer, fr: TaskFrames, target_train: np.ndarray) -
         return enc.transform(model_input(df, feats, set(cats))).astype("float64")
 
     m = trainer.settings.models
-    params = {**lgb_params(m, fr.train["label"].to_numpy()), "objective": "cross_entropy", "metric": "auc"}
-    params.pop("scale_pos_weight")
+    params = {**lgb_params(m), "objective": "cross_entropy", "metric": "auc"}
     dtrain = lgb.Dataset(x(fr.train), target_train, categorical_feature=cats)
     # early stopping on the validation snapshot's AUC against its real labels, like the trainer
     dvalid = lgb.Dataset(x(fr.valid), fr.valid["label"].to_numpy(), categorical_feature=cats, reference=dtrain)

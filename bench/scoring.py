@@ -146,7 +146,7 @@ def train_model(train_rows: int, trees: int, seed: int) -> tuple[PropensityModel
     cut = int(0.75 * train_rows)
     encoder = CategoryEncoder.fit(x.iloc[:cut], cats)
     xm = encoder.transform(x).astype("float64")
-    params = lgb_params(m, y[:cut])  # exactly what Trainer.fit uses
+    params = lgb_params(m)  # exactly what Trainer.fit uses
     dtrain = lgb.Dataset(xm.iloc[:cut], y[:cut], categorical_feature=cats, free_raw_data=False)
     dvalid = lgb.Dataset(xm.iloc[cut:], y[cut:], categorical_feature=cats, reference=dtrain)
     booster = lgb.train(

@@ -161,7 +161,7 @@ def test_snapshot_publishes_validated_outputs_and_plans_do_not_leak(clean_bulk, 
     assert {"active", "churned"} <= stages
     plan = plan_snapshots("repurchase", clean_shop.tasks["repurchase"], start, end, clean_shop.features)
     h = timedelta(days=clean_shop.tasks["repurchase"].horizon_days)
-    assert all(t + h <= plan.valid for t in plan.train) and plan.valid + h <= plan.test
+    assert all(t + h <= min(plan.valid) for t in plan.train) and max(plan.valid) + h <= min(plan.tests)
     ts = stack([b.build(d, ["repurchase"]) for d in plan.train], "repurchase")
     assert ts["snapshot"].n_unique() == len(plan.train) and set(ts["label"].unique()) <= {0, 1}
     with pytest.raises(ValueError, match="not enough history"):

@@ -1,5 +1,6 @@
-"""The out-of-time plan with pooled test snapshots: no training or validation label window
-overlaps any test window, whatever the horizon, spacing, history and holdout mode."""
+"""The out-of-time plan with pooled test and validation snapshots: no training, validation or
+test label window overlaps one of another set, whatever the horizon, spacing, pool sizes,
+history and holdout mode."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def _overlap(a: tuple[date, date], b: tuple[date, date]) -> bool:
 @given(
     horizon=st.integers(1, 120),
     k=st.integers(1, 10),
+    m=st.integers(1, 8),
     every=st.integers(1, 35),
     span=st.integers(0, 400),
     min_history=st.integers(0, 120),
@@ -37,9 +39,9 @@ def _overlap(a: tuple[date, date], b: tuple[date, date]) -> bool:
     as_of_back=st.one_of(st.none(), st.integers(0, 200)),
 )
 def test_no_training_or_validation_label_window_overlaps_a_test_window(
-    horizon, k, every, span, min_history, days, holdout, as_of_back
+    horizon, k, m, every, span, min_history, days, holdout, as_of_back
 ):
-    task = TaskConfig(horizon_days=horizon, label="purchase", test_snapshots=k)
+    task = TaskConfig(horizon_days=horizon, label="purchase", test_snapshots=k, valid_snapshots=m)
     cfg = FeatureConfig(
         snapshot_every_days=every, training_span_days=span, min_history_days=min_history, holdout=holdout
     )
@@ -59,12 +61,13 @@ def test_no_training_or_validation_label_window_overlaps_a_test_window(
     for t in plan.train:
         assert all(not _overlap(_window(t, horizon), w) and t < w[0] for w in tests), (t, plan.tests)
     if holdout == "oot":
-        assert plan.valid is not None
-        assert all(not _overlap(_window(plan.valid, horizon), w) for w in tests)
-        assert all(not _overlap(_window(t, horizon), _window(plan.valid, horizon)) for t in plan.train)
+        assert 1 <= len(plan.valid) <= min(m, len(plan.train)) and list(plan.valid) == sorted(set(plan.valid))
+        valid = [_window(v, horizon) for v in plan.valid]
+        assert all(not _overlap(v, w) and v[0] < w[0] for v in valid for w in tests)
+        assert all(not _overlap(_window(t, horizon), v) and t < v[0] for t in plan.train for v in valid)
     else:
-        assert plan.valid is None
-    assert set(plan.all()) == {*plan.train, *plan.tests, *([plan.valid] if plan.valid else [])}
+        assert plan.valid == ()
+    assert set(plan.all()) == {*plan.train, *plan.valid, *plan.tests}
 
 
 def test_pooled_tests_are_spaced_and_shrink_with_a_short_history():
@@ -74,10 +77,20 @@ def test_pooled_tests_are_spaced_and_shrink_with_a_short_history():
     plan = plan_snapshots("conversion", conversion, START, last, cfg)
     assert len(plan.tests) == conversion.test_snapshots == 4
     assert [b - a for a, b in zip(plan.tests, plan.tests[1:], strict=False)] == [timedelta(days=14)] * 3
-    assert plan.valid == plan.tests[0] - timedelta(days=14)
+    assert len(plan.valid) == conversion.valid_snapshots == 4
+    assert plan.valid == tuple(plan.tests[0] - timedelta(days=14 * j) for j in (4, 3, 2, 1))
+    assert max(plan.train) == plan.valid[0] - timedelta(days=14)
 
-    # 120 days leave room for two test snapshots (60 days of history, a training and a validation snapshot)
+    # 120 days leave room for two test snapshots (60 days of history, a training and a validation
+    # snapshot): the test pool is kept before the validation pool
     short = plan_snapshots("conversion", conversion, START, START + timedelta(days=119), cfg)
     assert short.tests == (START + timedelta(days=92), START + timedelta(days=106))  # labels end on day 119
+    assert short.valid == (START + timedelta(days=78),) and short.train == (START + timedelta(days=64),)
     with pytest.raises(RequestError, match="not enough history"):
         plan_snapshots("conversion", conversion, START, START + timedelta(days=80), cfg)
+
+    # five months at the test shops' settings: the validation pool stops where it would
+    # outnumber the training snapshots
+    small = FeatureConfig(training_span_days=42, min_history_days=30)
+    five = plan_snapshots("conversion", conversion, START, START + timedelta(days=149), small)
+    assert len(five.tests) == 4 and len(five.valid) == len(five.train) == 2

@@ -267,6 +267,13 @@ class TaskConfig(BaseModel):
         "features.snapshot_every_days apart (fewer when the history is short): enough for about "
         "500 positives keeps the AUC's interval near +-0.02",
     )
+    valid_snapshots: int = Field(
+        4,
+        ge=1,
+        description="the snapshots before the test pooled into the out-of-time validation set (early "
+        "stopping, calibration), features.snapshot_every_days apart (fewer when the history is short): "
+        "one conversion snapshot holds 50-80 positives, too few to stop boosting or fit a calibrator on",
+    )
     description: str = ""
 
 

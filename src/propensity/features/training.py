@@ -7,15 +7,20 @@ observed through day ``last``:
   (or ``--as-of``) and the ``k - 1`` before it, ``snapshot_every_days`` apart. One snapshot of
   a 14-day conversion window holds about 80 positives, so its AUC alone moves by about 0.02
   from luck; pooling them is what gives an interval narrow enough to compare models;
-* validation snapshot ``T_valid = T_1 - H`` (early stopping, calibration);
-* training snapshots every ``snapshot_every_days`` from ``T_valid - H`` back over
+* ``m`` pooled validation snapshots (``valid_snapshots``; early stopping, calibration): the
+  latest ``V_m = T_1 - H`` and the ``m - 1`` before it, ``snapshot_every_days`` apart. One
+  validation snapshot held 50-80 conversion positives: boosting stopped after 3 to 60 rounds
+  depending on the seed, and an isotonic map fitted on one promotional fortnight missed the
+  test's calibration (ECE 0.026 where four pooled snapshots give 0.015);
+* training snapshots every ``snapshot_every_days`` from ``V_1 - H`` back over
   ``training_span_days`` (measured from that latest training snapshot), never earlier
   than ``min_history_days`` after the data start.
 
-So every training label window ``[T, T+H)`` ends by ``T_valid`` and the validation label
-window ends by ``T_1``, the first test snapshot: out-of-time, with no overlap with any test
-window. One model, trained once, is scored on every test snapshot; the alternative (a model
-per test snapshot, trained on data before it) costs ``k`` trainings for the same guarantee.
+So every training label window ``[T, T+H)`` ends by the first validation snapshot ``V_1`` and
+every validation label window ends by ``T_1``, the first test snapshot: out-of-time, with no
+overlap between any two of the three sets' label windows. One model, trained once, is scored
+on every test snapshot; the alternative (a model per test snapshot, trained on data before
+it) costs ``k`` trainings for the same guarantee.
 The price is that the test reaches up to ``(k - 1) * snapshot_every_days`` further past the
 training data than the model served in production will.
 
@@ -43,7 +48,8 @@ class SnapshotPlan:
     task: str
     horizon_days: int
     train: tuple[date, ...]
-    valid: date | None
+    #: the pooled out-of-time validation snapshots, ascending; empty with a customer holdout
+    valid: tuple[date, ...]
     #: the pooled out-of-time test snapshots, ascending
     tests: tuple[date, ...]
 
@@ -53,30 +59,35 @@ class SnapshotPlan:
         return self.tests[-1]
 
     def all(self) -> list[date]:
-        return sorted({*self.train, *self.tests, *([self.valid] if self.valid else [])})
+        return sorted({*self.train, *self.valid, *self.tests})
 
     def check(self) -> None:
         h = timedelta(days=self.horizon_days)
         first_test = min(self.tests)
         assert all(t + h <= first_test for t in self.train), "training labels overlap a test snapshot"
-        if self.valid is not None:
-            assert all(t + h <= self.valid for t in self.train), "training labels overlap validation"
-            assert self.valid + h <= first_test, "validation labels overlap a test snapshot"
+        if self.valid:
+            assert all(t + h <= min(self.valid) for t in self.train), "training labels overlap validation"
+            assert max(self.valid) + h <= first_test, "validation labels overlap a test snapshot"
 
 
 def plan_snapshots(
     name: str, task: TaskConfig, first_day: date, last_day: date, cfg: FeatureConfig, as_of: date | None = None
 ) -> SnapshotPlan:
-    """The task's plan with up to ``task.test_snapshots`` pooled test snapshots: as many as the
-    history leaves room for while keeping a validation snapshot and a training snapshot."""
+    """The task's plan with up to ``task.test_snapshots`` pooled test snapshots and up to
+    ``task.valid_snapshots`` pooled validation snapshots: as many of each as the history leaves
+    room for, tests first. The validation pool never outnumbers the training snapshots: on a
+    five-month shop, four validation snapshots left one training snapshot of 195 repurchase
+    rows, and the model could not rank at all (test AUC 0.5)."""
     h = timedelta(days=task.horizon_days)
     latest = last_day + timedelta(days=1) - h
     test = min(as_of, latest) if as_of else latest
+    valid_counts = range(task.valid_snapshots, 0, -1) if cfg.holdout == "oot" else [0]
     for k in range(task.test_snapshots, 0, -1):
-        plan = _plan(name, task, first_day, cfg, test, k)
-        if plan is not None:
-            plan.check()
-            return plan
+        for m in valid_counts:
+            plan = _plan(name, task, first_day, cfg, test, k, m)
+            if plan is not None:
+                plan.check()
+                return plan
     raise RequestError(
         f"task {name}: not enough history for an out-of-time split with horizon {task.horizon_days} d "
         f"(data {first_day}..{last_day}, min history {cfg.min_history_days} d): need about "
@@ -84,13 +95,16 @@ def plan_snapshots(
     )
 
 
-def _plan(name: str, task: TaskConfig, first_day: date, cfg: FeatureConfig, test: date, k: int) -> SnapshotPlan | None:
-    """The plan with exactly ``k`` test snapshots ending at ``test``; None when the history is too short."""
+def _plan(
+    name: str, task: TaskConfig, first_day: date, cfg: FeatureConfig, test: date, k: int, m: int
+) -> SnapshotPlan | None:
+    """The plan with exactly ``k`` test and ``m`` validation snapshots, the last test at ``test``;
+    None when the history is too short or leaves fewer than ``m`` training snapshots."""
     h = timedelta(days=task.horizon_days)
     every = timedelta(days=cfg.snapshot_every_days)
     tests = tuple(test - j * every for j in reversed(range(k)))
-    valid = tests[0] - h if cfg.holdout == "oot" else None
-    latest_train = (valid or tests[0]) - h
+    valid = tuple(tests[0] - h - j * every for j in reversed(range(m)))
+    latest_train = (valid[0] if valid else tests[0]) - h
     earliest = max(
         first_day + timedelta(days=cfg.min_history_days), latest_train - timedelta(days=cfg.training_span_days)
     )
@@ -99,7 +113,7 @@ def _plan(name: str, task: TaskConfig, first_day: date, cfg: FeatureConfig, test
     while t >= earliest:
         train.append(t)
         t -= every
-    if not train or (valid is not None and valid < earliest):
+    if not train or (valid and valid[0] < earliest) or len(train) < m:
         return None
     return SnapshotPlan(name, task.horizon_days, tuple(sorted(train)), valid, tests)
 

@@ -221,7 +221,7 @@ def plan_params(task: str, plan: SnapshotPlan) -> dict[str, Any]:
         "horizon_days": plan.horizon_days,
         "test_snapshot": plan.test.isoformat(),
         "test_snapshots": ",".join(d.isoformat() for d in plan.tests),
-        "valid_snapshot": plan.valid.isoformat() if plan.valid else "customer holdout",
+        "valid_snapshots": ",".join(d.isoformat() for d in plan.valid) or "customer holdout",
         "train_snapshots": ",".join(d.isoformat() for d in plan.train),
     }
 
@@ -231,7 +231,7 @@ def plan_identity(plan: SnapshotPlan) -> dict[str, Any]:
     return {
         "horizon_days": plan.horizon_days,
         "train": [d.isoformat() for d in plan.train],
-        "valid": plan.valid.isoformat() if plan.valid else None,
+        "valid": [d.isoformat() for d in plan.valid] or None,
         "test": [d.isoformat() for d in plan.tests],
     }
 
@@ -312,9 +312,12 @@ def logreg_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     return pipe.predict_proba(prep(test))[:, 1]
 
 
-def lgb_params(m: ModelConfig, y_train: np.ndarray) -> dict[str, Any]:
-    """LightGBM parameters of a training run: the configured model, deterministic, imbalance-aware."""
-    pos = max(int(np.sum(y_train)), 1)
+def lgb_params(m: ModelConfig) -> dict[str, Any]:
+    """LightGBM parameters of a training run: the configured model, deterministic.
+
+    Positives are not up-weighted: on three simulated shops it moved no task's AUC by more
+    than 0.001, and unweighted raw scores are already near probabilities, which leaves the
+    calibrator less to bend."""
     return {
         "objective": "binary",
         "metric": "auc",
@@ -325,8 +328,6 @@ def lgb_params(m: ModelConfig, y_train: np.ndarray) -> dict[str, Any]:
         "bagging_fraction": m.bagging_fraction,
         "bagging_freq": 1,
         "lambda_l2": m.lambda_l2,
-        # imbalance: moderate up-weighting of positives; calibration restores probabilities
-        "scale_pos_weight": float(np.sqrt((len(y_train) - pos) / pos)),
         "seed": m.seed,
         "deterministic": True,
         "force_row_wise": True,
@@ -376,8 +377,8 @@ class Trainer:
             return df.to_pandas()
 
         train, test = block(list(plan.train)), block(list(plan.tests), True)
-        if plan.valid is not None:
-            return TaskFrames(plan, train, block([plan.valid]), test)
+        if plan.valid:
+            return TaskFrames(plan, train, block(list(plan.valid)), test)
         held = train["customer_id"].map(lambda c: zlib.crc32(str(c).encode()) % 5 == 0).to_numpy()
         return TaskFrames(plan, train[~held].reset_index(drop=True), train[held].reset_index(drop=True), test)
 
@@ -395,7 +396,7 @@ class Trainer:
         y_train, y_valid = fr.train["label"].to_numpy(), fr.valid["label"].to_numpy()
         if len(np.unique(y_train)) < 2 or len(np.unique(y_valid)) < 2:
             raise ValueError("training and validation snapshots need both positive and negative labels")
-        params = lgb_params(m, y_train)
+        params = lgb_params(m)
         xt, xv = encoder.transform(x_train).astype("float64"), encoder.transform(x_valid).astype("float64")
         dtrain = lgb.Dataset(xt, y_train, categorical_feature=cats, free_raw_data=False)
         dvalid = lgb.Dataset(xv, y_valid, categorical_feature=cats, reference=dtrain)
