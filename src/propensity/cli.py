@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
@@ -245,7 +246,10 @@ def cmd_rollback(s: Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_run(s: Settings, a: argparse.Namespace) -> int:
-    """Run the chain stage by stage up to ``--through``: the same stage functions the DAGs call."""
+    """Run the chain stage by stage up to ``--through``: the same stage functions the DAGs call.
+
+    Each stage's output ends with its wall time, so a user sees where a run's minutes go."""
+    clock = [time.perf_counter()]
 
     def echo(stage: str, record: object) -> None:
         if stage == "collect":
@@ -260,6 +264,9 @@ def cmd_run(s: Settings, a: argparse.Namespace) -> int:
             print("\n".join(record.lines))  # type: ignore[attr-defined]
         elif stage == "audiences":
             print_audiences(s, record)  # type: ignore[arg-type]
+        now = time.perf_counter()
+        print(f"[{stage}: {now - clock[0]:.1f} s]", flush=True)
+        clock[0] = now
 
     options = pipeline.RunOptions(through=a.through, tasks=a.tasks, as_of=a.as_of, dry_run=a.dry_run)
     try:
