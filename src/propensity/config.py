@@ -352,7 +352,15 @@ class ModelConfig(BaseModel):
     early_stopping_rounds: int = 100
     seed: int = 7
     threads: int = 2
-    calibration: str = Field("auto", pattern="^(auto|isotonic|platt)$")
+    calibration: str = Field(
+        "platt",
+        pattern="^(auto|isotonic|platt)$",
+        description="platt (a sigmoid of the raw score's logit), isotonic (steps), or auto (isotonic "
+        "from 200 positives and 200 negatives on, else platt). Platt is the default: a strictly "
+        "monotone map keeps the booster's ranking, where isotonic steps tie scores (test AUC -0.002 "
+        "on conversion), and on three simulated shops its pooled ECE was lower in 12 of 15 "
+        "repurchase comparisons and below 0.02 on every task and seed (isotonic: 0.0201 on one)",
+    )
     tuning_trials: int = Field(0, ge=0, description="Optuna trials; 0 disables tuning")
     tuning_seconds: float = 300.0
     margin: float = Field(0.005, ge=0, description="a challenger may be this much worse (AUC) than the champion")

@@ -1,8 +1,8 @@
 """Training: per task, out-of-time snapshots -> LightGBM -> calibration -> evaluation -> MLflow.
 
 For each task the snapshot plan (:mod:`propensity.features.training`) gives stacked
-training snapshots, one validation snapshot (early stopping and calibration) and the
-latest fully-labelled snapshot as the test. The same run fits two baselines (logistic
+training snapshots, pooled validation snapshots (early stopping and calibration) and the
+latest fully-labelled snapshots, pooled, as the test. The same run fits two baselines (logistic
 regression on scaled RFM features, a recency/frequency heuristic) and, on simulated
 data, reads the oracle from the truth store to report the gap to the best possible AUC.
 Every task is a nested MLflow run under one parent run; the model is registered and
