@@ -171,9 +171,13 @@ def assert_one_audience_per_customer(s: Settings, day: date) -> None:
 # findings ---------------------------------------------------------------------------------
 
 
-def test_opt_out_after_the_snapshot_is_never_exported(any_db_shop):
-    """Finding 1: the snapshot of D was built before the opt-out; audiences reuse it."""
+@pytest.mark.parametrize("row", ["clean", "quarantined"])
+def test_opt_out_after_the_snapshot_is_never_exported(any_db_shop, row):
+    """Finding 1: the snapshot of D was built before the opt-out; audiences reuse it. With
+    ``quarantined``, the same update also writes an unknown country code, so the gate
+    quarantines the row that carries the opt-out: the revocation must count all the same."""
     shop = any_db_shop
+    typo = {"country": "ZZ"} if row == "quarantined" else {}
     build(shop, D)
     first = exported(shop, D)
     by_channel = pl.concat(first.values()).unique("customer_id", keep="first").sort("customer_id")
@@ -181,9 +185,12 @@ def test_opt_out_after_the_snapshot_is_never_exported(any_db_shop):
     revoked = by_channel.filter(pl.col("channel") == "email")["customer_id"].tail(2).to_list()
     today = LAST_DAY + timedelta(days=1)
     noon = datetime(today.year, today.month, today.day, 12, tzinfo=UTC)
-    change_customers(shop, victims, {"global_opt_out": True}, noon)
-    change_customers(shop, revoked, {"email_consent": False}, noon + timedelta(minutes=5))
+    change_customers(shop, victims, {"global_opt_out": True, **typo}, noon)
+    change_customers(shop, revoked, {"email_consent": False, **typo}, noon + timedelta(minutes=5))
     collect_and_validate(shop, today)
+    quarantined = Lake.open(shop.lake_uri).read_partition("quarantine", "customers", {"dt": today.isoformat()})
+    held = set(quarantined.column("customer_id").to_pylist()) if quarantined is not None else set()
+    assert (held >= set(victims + revoked)) if typo else not held & set(victims + revoked)
     built_before = Lake.open(shop.lake_uri).manifest("features", "", {"snapshot": D.isoformat()})
 
     run = build(shop, D)
@@ -311,7 +318,9 @@ def test_an_unwritable_name_fails_before_anything_is_published(shop, tmp_path):
 # the property -------------------------------------------------------------------------------
 
 STEPS = st.one_of(
-    st.tuples(st.just("consent"), st.integers(0, 23), st.sampled_from(FLAGS), st.booleans()),
+    # the last item: the same update writes an unknown country code (True) or a valid one
+    # (False), so the gate quarantines or publishes the customer's row at the next collect
+    st.tuples(st.just("consent"), st.integers(0, 23), st.sampled_from(FLAGS), st.booleans(), st.booleans()),
     st.tuples(st.just("collect")),
     st.tuples(st.just("snapshot")),
     st.tuples(st.just("audiences"), st.sets(st.sampled_from(NAMES))),
@@ -324,37 +333,89 @@ STEPS = st.one_of(
 def test_no_export_ever_contradicts_the_validated_consent(trained_home, tmp_path_factory, steps):
     """For any sequence of consent changes, collections, snapshot builds and (partial) audience
     runs, no exported member has opted out or lacks consent for their channel in the newest
-    validated state known when the set was published, and no customer is in two audiences."""
+    validated state known when the set was published, nor in a quarantined row collected after
+    it (a revocation counts even when a typo elsewhere got the row quarantined), and no
+    customer is in two audiences."""
     home = tmp_path_factory.mktemp("property") / "shop"
     shutil.copytree(trained_home, home)
     s = shop_settings(home)
     build(s, D)
     pool = sorted(pl.concat(exported(s, D).values())["customer_id"].unique().to_list())[:24]
-    pending: dict[str, dict[str, bool]] = {}
-    validated: dict[str, dict[str, bool]] = {}
+    row: dict[str, dict[str, bool]] = {}  # the flags each changed customer's row holds now
+    typo: dict[str, bool] = {}  # whether that row holds an unknown country code
+    changed: set[str] = set()  # customers whose row changed since the last collect
+    validated: dict[str, dict[str, bool]] = {}  # the newest clean row's flags
+    held: dict[str, list[dict[str, bool]]] = {}  # quarantined rows collected after it
     day = LAST_DAY
     clock = 0
     for step in [*steps, ("collect",), ("audiences", set())]:  # every sequence ends in a checked publish
         if step[0] == "consent":
-            _, i, flag, value = step
+            _, i, flag, value, bad = step
             cid = pool[i % len(pool)]
             clock += 1
             when = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1, minutes=clock)
-            change_customers(s, [cid], {flag: value}, when)
-            pending.setdefault(cid, {})[flag] = value
+            change_customers(s, [cid], {flag: value, "country": "ZZ" if bad else "GB"}, when)
+            row.setdefault(cid, {})[flag] = value
+            typo[cid] = bad
+            changed.add(cid)
         elif step[0] == "collect":
             day += timedelta(days=1)
             collect_and_validate(s, day)
-            for cid, flags in pending.items():
-                validated.setdefault(cid, {}).update(flags)
-            pending.clear()
+            for cid in changed:
+                if typo[cid]:
+                    held.setdefault(cid, []).append(dict(row[cid]))
+                else:
+                    validated[cid], held[cid] = dict(row[cid]), []
+            changed.clear()
         elif step[0] == "snapshot":
             pipeline.features(s, D)
         else:
             build(s, D, sorted(step[1]) or None)
             for name, rows in exported(s, D).items():
                 for cid, channel in rows.select("customer_id", "channel").iter_rows():
-                    state = validated.get(cid, {})
-                    assert not state.get("global_opt_out", False), f"{name}: opted-out {cid} exported"
-                    assert state.get(f"{channel}_consent", True), f"{name}: {cid} has no {channel} consent"
+                    states = [validated.get(cid, {}), *held.get(cid, [])]
+                    assert not any(x.get("global_opt_out", False) for x in states), f"{name}: opted-out {cid} exported"
+                    assert all(x.get(f"{channel}_consent", True) for x in states), (
+                        f"{name}: {cid} has no {channel} consent"
+                    )
             assert_one_audience_per_customer(s, D)
+
+
+def test_quarantined_rows_revoke_but_never_grant():
+    """The consent overlay's rule for quarantined customer rows, case by case."""
+    from propensity.audiences.consent import SCHEMA, with_revocations
+
+    def at(day: int) -> datetime:
+        return datetime(2025, 3, day, tzinfo=UTC)
+
+    def frame(rows: list[tuple]) -> pl.DataFrame:
+        return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+
+    newest = frame(
+        [
+            ("opts-out", at(1), True, True, True, False),
+            ("older-opt-out", at(10), True, True, True, False),
+            ("grant", at(1), False, True, True, False),
+            ("no-date", at(1), True, True, True, False),
+            ("untouched", at(1), True, False, True, False),
+        ]
+    )
+    quarantined = frame(
+        [
+            ("opts-out", at(2), True, True, True, True),
+            ("older-opt-out", at(9), True, True, True, True),  # a clean row after it opted back in
+            ("grant", at(2), True, True, True, False),  # a quarantined grant waits for a clean row
+            ("no-date", None, True, False, True, False),  # no usable time: the withdrawal counts
+            ("only-quarantined", at(2), False, True, True, True),
+            (None, at(2), False, False, False, True),
+        ]
+    )
+    out = with_revocations(newest, quarantined).sort("customer_id")
+    got = {r["customer_id"]: r for r in out.iter_rows(named=True)}
+    assert got["opts-out"]["global_opt_out"] is True
+    assert got["older-opt-out"]["global_opt_out"] is False
+    assert got["grant"]["email_consent"] is False
+    assert got["no-date"]["sms_consent"] is False and got["no-date"]["global_opt_out"] is False
+    assert got["untouched"] == {**newest.row(4, named=True)}
+    assert got["only-quarantined"]["global_opt_out"] is True and got["only-quarantined"]["email_consent"] is False
+    assert None not in got

@@ -11,6 +11,12 @@ combines it with the snapshot's flags in the direction that can only remove peop
 
 A consent *granted* after the snapshot therefore waits for the next snapshot, while a
 revocation is honoured at once; that asymmetry is the privacy rule.
+
+A row the gate quarantined (for any rule: an unknown country code in the same update, a
+malformed signup time) still tells us what the customer asked for. Its revocations count,
+its grants do not: a quarantined row newer than the customer's newest clean row (or with no
+usable ``updated_at``) can opt the customer out or withdraw a channel, never add one. Without
+that, an opt-out written together with a typo elsewhere in the row was exported.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import polars as pl
 from propensity import history
 from propensity.audiences.spec import CONSENT_COLUMN
 from propensity.lake import Lake
+from propensity.zones import QUARANTINE
 
 KEY = "customer_id"
 OPT_OUT = "global_opt_out"
@@ -27,14 +34,63 @@ CONSENTS = tuple(CONSENT_COLUMN.values())
 FLAGS = (*CONSENTS, OPT_OUT)
 
 
+COLUMNS = [KEY, "updated_at", *FLAGS]
+SCHEMA = {KEY: pl.String, "updated_at": pl.Datetime("us", "UTC"), **{f: pl.Boolean for f in FLAGS}}
+
+
 def latest_consent(lake: Lake) -> pl.DataFrame:
-    """Each customer's newest validated consent flags (``customer_id``, the flags as booleans)."""
-    rows, _ = history.read(lake, "customers", [KEY, "updated_at", *FLAGS])
-    if rows is None:
-        return pl.DataFrame(schema={KEY: pl.String, **{f: pl.Boolean for f in FLAGS}})
-    rows = rows.with_row_index("__order")  # partitions come in date order: ties go to the later one
-    newest = rows.sort(["updated_at", "__order"]).group_by(KEY, maintain_order=True).last()
-    return newest.select(pl.col(KEY).cast(pl.String), *[pl.col(f).cast(pl.Boolean) for f in FLAGS])
+    """Each customer's consent flags as of the newest validated state, narrowed by the
+    revocations in quarantined rows (``customer_id``, the flags as booleans; null = no word)."""
+    rows, _ = history.read(lake, "customers", COLUMNS)
+    clean = _typed(rows) if rows is not None else pl.DataFrame(schema=SCHEMA)
+    clean = clean.with_row_index("__order")  # partitions come in date order: ties go to the later one
+    newest = clean.sort(["updated_at", "__order"]).group_by(KEY, maintain_order=True).last().drop("__order")
+    return with_revocations(newest, quarantined_rows(lake)).select(KEY, *FLAGS)
+
+
+def quarantined_rows(lake: Lake) -> pl.DataFrame:
+    """The consent columns of every quarantined customer row (their failing rule aside)."""
+    table = lake.read_table(QUARANTINE, "customers")
+    if table is None or table.num_rows == 0:
+        return pl.DataFrame(schema=SCHEMA)
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    return _typed(df.select([c for c in COLUMNS if c in df.columns]))
+
+
+def _typed(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` in :data:`SCHEMA` (a missing or unreadable column is null: no word on that flag)."""
+    exprs = []
+    for col, dtype in SCHEMA.items():
+        present = col in df.columns
+        exprs.append(pl.col(col).cast(dtype, strict=False) if present else pl.lit(None, dtype).alias(col))
+    return df.select(exprs)
+
+
+def with_revocations(newest: pl.DataFrame, quarantined: pl.DataFrame) -> pl.DataFrame:
+    """``newest`` (one clean row per customer) narrowed by the quarantined rows that are not
+    older than it: an opt-out or a withdrawn channel there counts, a grant does not."""
+    q = quarantined.filter(pl.col(KEY).is_not_null()).join(
+        newest.select(KEY, pl.col("updated_at").alias("__clean_at")), on=KEY, how="left"
+    )
+    current = (
+        pl.col("__clean_at").is_null() | pl.col("updated_at").is_null() | (pl.col("updated_at") >= pl.col("__clean_at"))
+    )
+    revoked = (
+        q.filter(current)
+        .group_by(KEY)
+        .agg(
+            pl.col(OPT_OUT).fill_null(False).any().alias(f"__q_{OPT_OUT}"),
+            *[(~pl.col(c).fill_null(True)).any().alias(f"__q_{c}") for c in CONSENTS],
+        )
+    )
+    if revoked.height == 0:
+        return newest
+    merged = newest.join(revoked, on=KEY, how="full", coalesce=True)
+    return merged.with_columns(
+        pl.when(pl.col(f"__q_{OPT_OUT}").fill_null(False)).then(True).otherwise(pl.col(OPT_OUT)).alias(OPT_OUT),
+        *[pl.when(pl.col(f"__q_{c}").fill_null(False)).then(False).otherwise(pl.col(c)).alias(c) for c in CONSENTS],
+    ).drop([f"__q_{f}" for f in FLAGS])
 
 
 def overlay(candidates: pl.DataFrame, latest: pl.DataFrame) -> pl.DataFrame:
