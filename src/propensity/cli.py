@@ -122,7 +122,7 @@ def cmd_features(s: Settings, a: argparse.Namespace) -> int:
         return 0
     record = pipeline.features(s, a.snapshot, a.tasks)
     print(record.summary)
-    print(f"clean zone read in {record.read_seconds:.1f} s")
+    print(f"clean zone read in {record.read_seconds:.2f} s")
     print(f"-> {s.lake_uri}/features/snapshot={a.snapshot}, profiles/, labels/task=*/")
     return 0
 

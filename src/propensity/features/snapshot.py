@@ -72,7 +72,7 @@ class Snapshot:
                 parts.append(f"{task}: {lab.height:,} eligible, positive rate {rate:.3f}")
             else:
                 parts.append(f"{task}: {lab.height:,} eligible, label window not complete")
-        return "; ".join(parts) + f" ({self.seconds:.1f} s)"
+        return "; ".join(parts) + f" ({self.seconds:.2f} s)"
 
 
 @dataclass

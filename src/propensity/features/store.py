@@ -19,6 +19,7 @@ stopped reporting, and nothing is scored or exported from it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -85,11 +86,17 @@ class SnapshotStore:
             "observed_until": snap.observed_until.isoformat() if snap.observed_until else None,
         }
         part = self.snapshot_part(day)
-        self.lake.write_partition(FEATURES, "", part, snap.features.to_arrow(), meta)
-        self.lake.write_partition(PROFILES, "", part, snap.profiles.to_arrow(), meta)
-        for task, lab in snap.labels.items():
-            extra = {**meta, "complete": snap.complete[task]}
-            self.lake.write_partition(LABELS, "", self.labels_part(task, day), lab.to_arrow(), extra)
+        writes = [(FEATURES, part, snap.features, meta), (PROFILES, part, snap.profiles, meta)]
+        writes += [
+            (LABELS, self.labels_part(task, day), lab, {**meta, "complete": snap.complete[task]})
+            for task, lab in snap.labels.items()
+        ]
+        # The partitions are independent (a reader needs all of them, see missing()), and
+        # encoding, hashing and writing Parquet free the GIL: written at once, not in turn.
+        with ThreadPoolExecutor(min(self.lake.io_threads, len(writes))) as pool:
+            done = [pool.submit(self.lake.write_partition, z, "", p, df.to_arrow(), m) for z, p, df, m in writes]
+        for f in done:
+            f.result()
 
     def read(self, d: date | str, tasks: Iterable[str]) -> Snapshot | None:
         """The published snapshot ``d`` with the labels of ``tasks``; None when any part is missing."""
