@@ -14,6 +14,7 @@ from conftest import SMALL_SHOP, copy_shop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from propensity import history
 from propensity.config import default_tasks
 from propensity.contracts import contract
 from propensity.features.build import compute_features
@@ -24,6 +25,8 @@ from propensity.features.profiles import build_profiles
 from propensity.features.snapshot import SnapshotBuilder, at_midnight
 from propensity.features.training import plan_snapshots, stack
 from propensity.lake import Lake
+from propensity.shards import shard_buckets
+from propensity.zones import HISTORY
 
 T = at_midnight(SMALL_SHOP["start"] + timedelta(days=100))
 BASE = "EUR"
@@ -180,6 +183,51 @@ def test_online_retail_features_and_labels(online_retail_zone, tmp_path):
     rep = snap.labels["repurchase"]
     assert snap.complete["repurchase"] and rep.height > 1000 and 0.05 < rep["label"].mean() < 0.8
     assert snap.labels["conversion"].height == 0  # no sessions, no conversion population
+
+
+def test_a_shard_reads_only_its_buckets_of_the_history_and_builds_the_same_shard(clean_bulk, tmp_path):
+    """A shard task's builder loads only its customer buckets' history files, yet builds the
+    same shard (features, labels, label completeness) as a builder that read the whole shop,
+    and the merged shards are the unsharded snapshot."""
+    s = copy_shop(clean_bulk, tmp_path, parts=["lake/clean"])
+    lake = Lake.open(s.lake_uri)
+    for name in TABLE_NAMES:  # histories split into several bucket ranges on this small shop
+        history.compact(lake, name, after=1, rows_per_file=200)
+    day = SMALL_SHOP["start"] + timedelta(days=100)
+    whole_builder = SnapshotBuilder(s)
+    whole = whole_builder.build(day)
+    files = {n: lake.data_files(HISTORY, n, lake.partitions(HISTORY, n)[-1]) for n in ("events", "order_items")}
+    assert all(len(f) >= 4 for f in files.values()), {n: len(f) for n, f in files.items()}
+    read: list[str] = []
+    original = Lake.read_file
+
+    def spy(self, f, *args, **kwargs):
+        read.append(f.path)
+        return original(self, f, *args, **kwargs)
+
+    parts = []
+    for i in range(4):
+        read.clear()
+        builder = SnapshotBuilder(s, buckets=shard_buckets(i, 4))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Lake, "read_file", spy)
+            part = builder.build(day, shard=i, shards=4)
+        for name, listed in files.items():
+            mine = {
+                f.path
+                for f in listed
+                if f.meta["buckets"] and set(range(*f.meta["buckets"])) & set(shard_buckets(i, 4))
+            }
+            assert {p for p in read if p in {f.path for f in listed}} == mine, (name, i)
+        assert builder.data.events.height < whole_builder.data.events.height
+        assert builder.observed_until == whole_builder.observed_until and builder.span() == whole_builder.span()
+        ref = whole_builder.build(day, shard=i, shards=4)
+        assert part.features.equals(ref.features), i
+        for task, lab in ref.labels.items():
+            assert part.labels[task].equals(lab) and part.complete[task] == ref.complete[task], (i, task)
+        parts.append(part)
+    merged = whole_builder.merge(parts)
+    assert merged.features.equals(whole.features) and merged.profiles.equals(whole.profiles)
 
 
 @pytest.mark.parametrize("shards", [3])

@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from propensity.errors import RequestError
+from propensity.zones import BUCKETS
 
 CONFIG_ENV = "PROPENSITY_CONFIG"
 #: the project's conf/ (audience declarations, promotion calendar): the defaults of ``audiences.file``
@@ -324,7 +325,9 @@ class FeatureConfig(BaseModel):
         description="oot: a validation snapshot one horizon before the test; customers: 20% of customers "
         "held out of the training snapshots (more recent training data for short histories)",
     )
-    shards: int = Field(1, ge=1, description="customer hash shards for feature building (one mapped Airflow task each)")
+    shards: int = Field(
+        1, ge=1, le=BUCKETS, description="customer hash shards for feature building (one mapped Airflow task each)"
+    )
     allow_gaps: bool = Field(
         False,
         description="build snapshots over days with no clean partition (a shop really closed); "
@@ -388,7 +391,7 @@ class ScoringConfig(BaseModel):
 
     batch_rows: int = Field(200_000, ge=1, description="rows per scoring batch: bounds the memory of one batch")
     reason_codes: int = Field(3, ge=0, le=10, description="top positive SHAP contributions kept per audience member")
-    shards: int = Field(1, ge=1, description="customer hash shards (one mapped Airflow task each)")
+    shards: int = Field(1, ge=1, le=BUCKETS, description="customer hash shards (one mapped Airflow task each)")
     max_staleness_days: int = Field(
         2,
         ge=1,

@@ -29,12 +29,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
+from propensity.contracts import TABLES
 from propensity.lake import MANIFEST, DataFile, Lake, partition_values, split_key
-from propensity.zones import CLEAN, HISTORY
+from propensity.shards import bucket_of
+from propensity.zones import BUCKETS, CLEAN, HISTORY
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,18 @@ COMPACT_AFTER = 30
 KEEP = 2
 #: the column that tags each history row with its clean partition (``dt=2025-01-31``)
 PARTITION = "__partition"
+#: the column that holds each history row's customer bucket (:mod:`propensity.shards`)
+BUCKET = "__bucket"
+#: rows per history file a compaction aims at: it splits a customer-keyed table into the
+#: fewest power-of-two bucket ranges that keep files this small (at most one per bucket)
+FILE_ROWS = 500_000
+
+
+def bucket_key(table: str) -> str | None:
+    """How a table's rows find their customer: ``customer_id``, their order (``order_id``),
+    or None for a table shared by all customers (products, FX rates), which stays whole."""
+    names = TABLES[table].names if table in TABLES else []
+    return "customer_id" if "customer_id" in names else "order_id" if "order_id" in names else None
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,9 @@ class History:
     parts: dict[str, str]  #: ``{"through": D}``
     sources: dict[str, list[str]]  #: clean partition -> its data file names when compacted
     columns: list[str]
+    #: clean partition -> the first and last value of each of its timestamp columns (ISO), so
+    #: a reader of some buckets still knows where the whole shop's data begins and ends
+    bounds: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @classmethod
     def newest(cls, lake: Lake, table: str) -> History | None:
@@ -85,7 +103,8 @@ class History:
         for parts in reversed(lake.partitions(HISTORY, table)):
             doc = lake.manifest(HISTORY, table, parts)
             if doc is not None and isinstance(doc.get("sources"), dict) and isinstance(doc.get("columns"), list):
-                return cls(parts, doc["sources"], doc["columns"])
+                spans = doc.get("bounds")
+                return cls(parts, doc["sources"], doc["columns"], spans if isinstance(spans, dict) else {})
         return None
 
     def still_true(self, listing: Listing) -> set[str]:
@@ -110,19 +129,42 @@ def _read_partitions(
         return [df for frames in pool.map(one, paths) for df in frames]
 
 
+def _wanted(f: DataFile, buckets: range | None) -> bool:
+    """Whether a history file holds rows of ``buckets`` (all: None). A file of a table the
+    history does not bucket has no range and holds every customer; rows with no customer
+    (``buckets: null``) belong to no shard."""
+    if buckets is None or "buckets" not in f.meta:
+        return True
+    span = f.meta["buckets"]
+    return span is not None and span[0] < buckets.stop and buckets.start < span[1]
+
+
 def _gather(
-    lake: Lake, zone: str, table: str, columns: list[str] | None, listing: Listing, hist: History | None, tagged: bool
+    lake: Lake,
+    zone: str,
+    table: str,
+    columns: list[str] | None,
+    listing: Listing,
+    hist: History | None,
+    tagged: bool,
+    buckets: range | None = None,
 ) -> pl.DataFrame | None:
     """The published partitions of ``listing``: from ``hist`` where it is still true, the rest
-    from ``zone``, in partition order; with ``tagged``, each row keeps its :data:`PARTITION`."""
+    from ``zone``, in partition order (a bucketed history: per customer); with ``tagged``, each
+    row keeps its :data:`PARTITION`; with ``buckets``, the history's rows are only those buckets'."""
     valid: set[str] = set()
     frames: list[pl.DataFrame] = []
     if hist is not None and (columns is None or set(columns) <= set(hist.columns)):  # else: a contract change
         valid = hist.still_true(listing)
-        cols = None if columns is None else [*columns, PARTITION]
-        for f in lake.data_files(HISTORY, table, hist.parts) if valid else []:
+        files = [f for f in lake.data_files(HISTORY, table, hist.parts) if _wanted(f, buckets)] if valid else []
+        bucketed = any("buckets" in f.meta for f in files)
+        cols = None if columns is None else [*columns, PARTITION, *([BUCKET] if bucketed else [])]
+        for f in files:
             df = _decode(lake, f, cols)
-            frames.append(df if len(valid) == len(hist.sources) else df.filter(pl.col(PARTITION).is_in(list(valid))))
+            keep = pl.col(PARTITION).is_in(list(valid)) if len(valid) < len(hist.sources) else pl.lit(True)
+            if buckets is not None and BUCKET in df.columns:
+                keep = keep & pl.col(BUCKET).is_between(buckets.start, buckets.stop - 1)
+            frames.append(df.filter(keep).drop(BUCKET, strict=False))
     rest = [p for p in listing.published if p not in valid]
     tag = tagged or bool(frames)  # history rows carry their partition: the clean ones must too
     frames += _read_partitions(lake, zone, table, rest, columns, tag)
@@ -137,21 +179,98 @@ def _gather(
 
 
 def read(
-    lake: Lake, table: str, columns: list[str] | None = None, zone: str = CLEAN
+    lake: Lake, table: str, columns: list[str] | None = None, zone: str = CLEAN, buckets: range | None = None
 ) -> tuple[pl.DataFrame | None, Listing]:
     """Every published partition of ``table``, concatenated in partition order (None when
     there is none), and the listing it was read from. The clean zone reads through its
-    history where the history is still true (module docstring); other zones read directly."""
+    history where the history is still true (module docstring); other zones read directly.
+
+    With ``buckets`` (a shard's, :func:`propensity.shards.shard_buckets`), the history's
+    files of other buckets are not read at all; the partitions newer than the history are
+    read whole, so the caller still narrows the rows to its customers."""
     listing = Listing.of(lake, zone, table)
     hist = History.newest(lake, table) if zone == CLEAN else None
-    return _gather(lake, zone, table, columns, listing, hist, tagged=False), listing
+    return _gather(lake, zone, table, columns, listing, hist, tagged=False, buckets=buckets), listing
 
 
-def compact(lake: Lake, table: str, after: int = COMPACT_AFTER) -> dict[str, str] | None:
+def bounds(lake: Lake, table: str, listing: Listing) -> dict[str, tuple[str, str]]:
+    """The first and last value of each timestamp column over the still-true partitions of
+    the newest history of ``table`` (ISO strings): what a reader of some buckets does not
+    see of the whole shop (where its data begins and ends)."""
+    hist = History.newest(lake, table)
+    out: dict[str, tuple[str, str]] = {}
+    for p in sorted(hist.still_true(listing)) if hist else ():
+        for col, (lo, hi) in hist.bounds.get(p, {}).items():  # type: ignore[union-attr]
+            old = out.get(col)
+            out[col] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    return out
+
+
+def _with_buckets(lake: Lake, table: str, data: pl.DataFrame) -> pl.DataFrame | None:
+    """``data`` with each row's customer bucket (None for a table shared by all customers);
+    rows whose customer is unknown (an order not published) get a null bucket."""
+    key = bucket_key(table)
+    if key is None:
+        return None
+    if key == "customer_id":
+        ids = data["customer_id"]
+    else:
+        orders, _ = read(lake, "orders", ["order_id", "customer_id"])
+        owner = orders if orders is not None else pl.DataFrame(schema={"order_id": pl.String, "customer_id": pl.String})
+        owner = owner.unique("order_id", keep="last", maintain_order=True)
+        ids = data.select("order_id").join(owner, on="order_id", how="left", maintain_order="left")["customer_id"]
+    bucket = (
+        bucket_of(ids)
+        .to_frame(BUCKET)
+        .with_columns(pl.when(ids.is_null()).then(None).otherwise(pl.col(BUCKET)).alias(BUCKET))
+    )
+    return data.with_columns(bucket[BUCKET])
+
+
+def _bucket_files(data: pl.DataFrame, rows_per_file: int) -> list[tuple[pl.DataFrame, dict[str, Any]]]:
+    """``data`` (with :data:`BUCKET`) as files of contiguous bucket ranges, each row's order
+    within its customer kept: the fewest power-of-two ranges that keep files near
+    ``rows_per_file``, then one file of the rows that have no customer."""
+    n = 1
+    while n < BUCKETS and data.height > n * rows_per_file:
+        n *= 2
+    width = BUCKETS // n
+    ordered = data.sort(BUCKET, maintain_order=True, nulls_last=True)
+    out: list[tuple[pl.DataFrame, dict[str, Any]]] = []
+    for lo in range(0, BUCKETS, width):
+        part = ordered.filter(pl.col(BUCKET).is_between(lo, lo + width - 1))
+        if part.height:
+            out.append((part, {"buckets": [lo, lo + width]}))
+    orphans = ordered.filter(pl.col(BUCKET).is_null())
+    if orphans.height:
+        out.append((orphans, {"buckets": None}))
+    return out or [(data, {"buckets": [0, BUCKETS]})]
+
+
+def _bounds(data: pl.DataFrame) -> dict[str, dict[str, list[str]]]:
+    """Per partition, the first and last value of each timestamp column (ISO)."""
+    cols = [c for c, t in data.schema.items() if isinstance(t, (pl.Datetime, pl.Date)) and c != PARTITION]
+    if not cols or not data.height:
+        return {}
+    agg = data.group_by(PARTITION).agg(
+        *(pl.col(c).min().alias(f"{c}\0min") for c in cols), *(pl.col(c).max().alias(f"{c}\0max") for c in cols)
+    )
+    out: dict[str, dict[str, list[str]]] = {}
+    for row in agg.iter_rows(named=True):
+        lo_hi = {c: (row[f"{c}\0min"], row[f"{c}\0max"]) for c in cols}
+        out[row[PARTITION]] = {c: [lo.isoformat(), hi.isoformat()] for c, (lo, hi) in lo_hi.items() if lo is not None}
+    return out
+
+
+def compact(
+    lake: Lake, table: str, after: int = COMPACT_AFTER, rows_per_file: int = FILE_ROWS
+) -> dict[str, str] | None:
     """Write a new history of ``table`` when ``after`` or more published partitions are outside
     the newest one; returns its partition (None when nothing was written). The new history is
     the old one's still-true rows plus the other partitions, so a compaction reads the days
-    since the last one, not the whole past. Histories beyond the :data:`KEEP` newest are removed."""
+    since the last one, not the whole past. A customer-keyed table is written in customer
+    bucket order, one file per bucket range (:func:`_bucket_files`), so a shard reads only
+    its own. Histories beyond the :data:`KEEP` newest are removed."""
     listing = Listing.of(lake, CLEAN, table)
     hist = History.newest(lake, table)
     fresh = len(listing.published) - (len(hist.still_true(listing)) if hist else 0)
@@ -162,8 +281,17 @@ def compact(lake: Lake, table: str, after: int = COMPACT_AFTER) -> dict[str, str
     data = data.rechunk()
     through = {"through": max(listing.values())}
     recorded = {p: sorted(names) for p, names in listing.published.items()}
-    doc = {"sources": recorded, "columns": [c for c in data.columns if c != PARTITION]}
-    lake.write_partition(HISTORY, table, through, data.to_arrow(), manifest=doc)
+    doc = {
+        "sources": recorded,
+        "columns": [c for c in data.columns if c != PARTITION],
+        "bounds": _bounds(data),
+    }
+    bucketed = _with_buckets(lake, table, data)
+    if bucketed is None:
+        lake.write_partition(HISTORY, table, through, data.to_arrow(), manifest=doc)
+    else:
+        files = [(df.to_arrow(), meta) for df, meta in _bucket_files(bucketed, rows_per_file)]
+        lake.write_files(HISTORY, table, through, files, manifest=doc)
     for old in lake.partitions(HISTORY, table)[:-KEEP]:
         lake.delete_partition(HISTORY, table, old)
     log.info("history of %s: %d partitions, %d rows, through %s", table, len(recorded), data.height, through["through"])

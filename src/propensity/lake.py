@@ -22,9 +22,9 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -102,6 +102,10 @@ def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
     return doc
 
 
+#: the keys of a manifest's file entry that :class:`DataFile` holds itself
+_ENTRY_KEYS = frozenset({"name", "rows", "bytes", "sha256"})
+
+
 @dataclass(frozen=True)
 class DataFile:
     """One file a manifest lists, with what the manifest promised about it."""
@@ -111,6 +115,8 @@ class DataFile:
     rows: int
     size: int
     sha256: str | None
+    #: what the writer recorded about the file besides the above (:meth:`Lake.write_files`)
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     def error(self, problem: str) -> LakeIntegrityError:
         return LakeIntegrityError(f"{self.where}: {problem}")
@@ -195,20 +201,33 @@ class Lake:
         ``existing`` is the partition's keys from a listing the caller made for many partitions
         at once (:meth:`listing`); without it the partition is listed after the commit, to
         remove the files the new manifest no longer names."""
+        chunks = [(data.slice(start, ROWS_PER_FILE), {}) for start in range(0, max(data.num_rows, 1), ROWS_PER_FILE)]
+        return self.write_files(zone, table, parts, chunks, manifest, existing)
+
+    def write_files(
+        self,
+        zone: str,
+        table: str,
+        parts: Mapping[str, str],
+        chunks: Sequence[tuple[pa.Table, Mapping[str, Any]]],
+        manifest: Mapping[str, Any] | None = None,
+        existing: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`write_partition` with the caller's split into files: each chunk is one file,
+        and its mapping is stored in the file's manifest entry (read back as :attr:`DataFile.meta`)."""
         base = partition_path(zone, table, parts)
         files = []
-        for i, start in enumerate(range(0, max(data.num_rows, 1), ROWS_PER_FILE)):
-            chunk = data.slice(start, ROWS_PER_FILE)
+        for i, (chunk, meta) in enumerate(chunks):
             payload = parquet_bytes(chunk)
             digest = hashlib.sha256(payload).hexdigest()
             name = f"part-{i:05d}-{digest[:12]}.parquet"
             self.store.put_bytes(f"{base}/{name}", payload)
-            files.append({"name": name, "rows": chunk.num_rows, "bytes": len(payload), "sha256": digest})
+            files.append({**meta, "name": name, "rows": chunk.num_rows, "bytes": len(payload), "sha256": digest})
         doc = {
             "zone": zone,
             "table": table,
             "partition": dict(parts),
-            "row_count": data.num_rows,
+            "row_count": sum(c.num_rows for c, _ in chunks),
             "files": files,
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **(manifest or {}),
@@ -281,6 +300,7 @@ class Lake:
                 f["rows"],
                 f["bytes"],
                 f.get("sha256"),
+                {k: v for k, v in f.items() if k not in _ENTRY_KEYS},
             )
             for f in doc["files"]
         ]

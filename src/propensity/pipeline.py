@@ -227,10 +227,15 @@ def features_shard(
     settings: Settings, snapshot: date, shard: int, tasks: Iterable[str] | None = None
 ) -> dict[str, Any]:
     """One customer hash shard of the snapshot, parked in the lake for :func:`merge_features`."""
-    from propensity.features.sharded import build_shard
+    from propensity.features.sharded import build_shard, check_shard
+    from propensity.features.snapshot import SnapshotBuilder
+    from propensity.shards import shard_buckets
 
     names = selected_tasks(settings, tasks)
-    snap = build_shard(_builder(settings), snapshot, names, shard, settings.features.shards)
+    shards = settings.features.shards
+    check_shard(shard, shards)
+    builder = _builder(settings, SnapshotBuilder(settings, buckets=shard_buckets(shard, shards)))
+    snap = build_shard(builder, snapshot, names, shard, shards)
     return {"snapshot": snapshot.isoformat(), "shard": shard, "customers": snap.features.height}
 
 

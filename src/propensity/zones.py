@@ -23,3 +23,7 @@ DRIFT = "drift"
 #: Table level of temporary per-shard frames (``features/_shards/...``, ``scores/_shards/...``).
 #: It has no ``=``, so readers listing a zone's ``k=v`` partitions never see them.
 SHARDS = "_shards"
+
+#: Customer hash buckets (:mod:`propensity.shards`): the history stores customer-keyed tables
+#: in bucket ranges, and a run has at most this many feature or scoring shards.
+BUCKETS = 64

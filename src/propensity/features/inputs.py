@@ -26,6 +26,7 @@ import polars as pl
 from propensity import history
 from propensity.contracts import contract
 from propensity.lake import Lake
+from propensity.shards import in_buckets
 from propensity.zones import CLEAN
 
 TABLE_NAMES = (
@@ -78,6 +79,9 @@ USED_COLUMNS: dict[str, list[str]] = {
     "fx_rates": ["date", "currency", "rate"],
 }
 
+
+#: the times that say where a shop's observable history begins and ends (:attr:`ShopData.start`, ``end``)
+EDGE_COLUMNS = {"orders": "order_time", "events": "event_time"}
 
 #: low-cardinality event columns kept as dictionary-encoded categoricals: the events table is most of the memory
 COMPACT_COLUMNS = {"events": ("event_type", "device")}
@@ -142,15 +146,24 @@ class ShopData:
 
     @classmethod
     def load_listed(
-        cls, lake: Lake, zone: str = CLEAN, columns: dict[str, list[str]] | None = None
-    ) -> tuple[ShopData, dict[str, set[date]]]:
+        cls,
+        lake: Lake,
+        zone: str = CLEAN,
+        columns: dict[str, list[str]] | None = None,
+        buckets: range | None = None,
+    ) -> tuple[ShopData, dict[str, set[date]], dict[str, tuple[datetime, datetime]]]:
         """Every table (the clean zone through its compacted history, :mod:`propensity.history`),
         and the days each table had published in the listing its rows were read from: the gap
-        check then judges exactly the data loaded."""
-        frames, days = {}, {}
+        check then judges exactly the data loaded.
+
+        With ``buckets`` (a shard's), the customer-keyed tables' history files of other
+        buckets are not read, and the rows are narrowed to the buckets' customers; the third
+        value then gives, per :data:`EDGE_COLUMNS` table, the first and last time of the
+        history's rows (all buckets), so :meth:`span` of the shard is the whole shop's."""
+        frames, days, edges = {}, {}, {}
         cols_of = columns or {}
         with ThreadPoolExecutor(min(lake.io_threads, len(TABLE_NAMES))) as pool:  # Parquet decoding frees the GIL
-            read = pool.map(lambda name: history.read(lake, name, cols_of.get(name), zone), TABLE_NAMES)
+            read = pool.map(lambda name: history.read(lake, name, cols_of.get(name), zone, buckets), TABLE_NAMES)
             found = dict(zip(TABLE_NAMES, read, strict=True))
         for name in TABLE_NAMES:
             cols = cols_of.get(name)
@@ -158,7 +171,15 @@ class ShopData:
             df = df if df is not None and df.height else _empty(name).select(cols or pl.all())
             frames[name] = _compact(name, df)
             days[name] = {date.fromisoformat(d) for d in listing.values("dt")}
-        return cls(**frames), days
+            if buckets is not None and name in EDGE_COLUMNS and zone == CLEAN:
+                span = history.bounds(lake, name, listing).get(EDGE_COLUMNS[name])
+                if span is not None:
+                    edges[name] = (datetime.fromisoformat(span[0]), datetime.fromisoformat(span[1]))
+        data = cls(**frames)
+        if buckets is not None:
+            ids = data.customers.select("customer_id").unique()
+            data = data.for_customers(ids.filter(in_buckets(ids["customer_id"], buckets)))
+        return data, days, edges
 
     @classmethod
     def from_frames(cls, **frames: pl.DataFrame) -> ShopData:
@@ -188,13 +209,13 @@ class ShopData:
     @property
     def start(self) -> datetime | None:
         """Earliest order or event time: where the shop's observable history begins."""
-        times = [t for t in (self.orders["order_time"].min(), self.events["event_time"].min()) if t is not None]
-        return min(times) if times else None  # type: ignore[return-value]
+        times = [t for t in (getattr(self, n)[c].min() for n, c in EDGE_COLUMNS.items()) if t is not None]
+        return min(times) if times else None  # type: ignore[return-value,type-var]
 
     @property
     def end(self) -> datetime | None:
-        times = [t for t in (self.orders["order_time"].max(), self.events["event_time"].max()) if t is not None]
-        return max(times) if times else None  # type: ignore[return-value]
+        times = [t for t in (getattr(self, n)[c].max() for n, c in EDGE_COLUMNS.items()) if t is not None]
+        return max(times) if times else None  # type: ignore[return-value,type-var]
 
     def as_of(self, t: datetime) -> ShopData:
         """Everything knowable strictly before ``t``."""

@@ -30,7 +30,7 @@ from propensity.features.inputs import USED_COLUMNS, ShopData, describe_gaps, mi
 from propensity.features.labels import KEY, labels, population
 from propensity.features.profiles import build_profiles
 from propensity.lake import Lake
-from propensity.shards import in_shard
+from propensity.shards import in_shard, shard_buckets
 from propensity.validation import checks as ck
 from propensity.validation.frames import check_frame
 
@@ -85,6 +85,11 @@ class SnapshotBuilder:
     days_: dict[str, set[date]] = field(default_factory=dict)
     #: how long loading :attr:`data` took: the input side of the feature work, paid once per builder
     read_seconds: float = 0.0
+    #: load only these customer buckets (a shard's, :func:`propensity.shards.shard_buckets`): a
+    #: shard task reads its part of the clean history, not the whole shop
+    buckets: range | None = None
+    #: where the orders' and events' history begins and ends across all buckets (bucketed loads)
+    edges_: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
 
     @cached_property
     def lake(self) -> Lake:
@@ -100,7 +105,9 @@ class SnapshotBuilder:
     def data(self) -> ShopData:
         if self.data_ is None:
             t0 = time.perf_counter()
-            self.data_, self.days_ = ShopData.load_listed(self.lake, columns=USED_COLUMNS)
+            self.data_, self.days_, self.edges_ = ShopData.load_listed(
+                self.lake, columns=USED_COLUMNS, buckets=self.buckets
+            )
             self.read_seconds = time.perf_counter() - t0
         return self.data_
 
@@ -109,16 +116,24 @@ class SnapshotBuilder:
         """The shop's promotion calendar; None when disabled (calendar features stay null)."""
         return known_calendar(self.settings.promotions_file)
 
+    def _edge(self, which: int) -> datetime | None:
+        """The shop's first (0) or last (1) order or event time, whichever buckets were loaded."""
+        data = self.data
+        times = [t for t in (data.start if which == 0 else data.end, *(e[which] for e in self.edges_.values())) if t]
+        if not times:
+            return None
+        return min(times) if which == 0 else max(times)
+
     @property
     def observed_until(self) -> date | None:
         """The last day with data: labels are complete only up to the end of it."""
-        end = self.data.end
+        end = self._edge(1)
         return end.date() if end is not None else None
 
     def span(self) -> tuple[date, date]:
         """First and last day of data in the clean zone; a :class:`RequestError` when it is empty
         (the one place that says so, for every stage that needs data)."""
-        first, last = self.data.start, self.observed_until
+        first, last = self._edge(0), self.observed_until
         if first is None or last is None:
             raise RequestError("the clean zone has no orders or events: run collect and validate first")
         return first.date(), last
@@ -182,6 +197,9 @@ class SnapshotBuilder:
         last = self.observed_until  # of the whole shop: label completeness must not depend on the shard
         data = self.data
         if shard is not None:
+            wanted = shard_buckets(shard, shards)
+            if self.buckets is not None and not set(wanted) <= set(self.buckets):
+                raise ValueError(f"shard {shard}/{shards} needs buckets {wanted}, this builder loaded {self.buckets}")
             ids = data.customers.select("customer_id").unique()
             data = data.for_customers(ids.filter(in_shard(ids["customer_id"], shard, shards)))
         past = data.as_of(t)
