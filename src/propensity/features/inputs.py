@@ -26,7 +26,6 @@ import polars as pl
 from propensity import history
 from propensity.contracts import contract
 from propensity.lake import Lake
-from propensity.shards import in_buckets
 from propensity.zones import CLEAN
 
 TABLE_NAMES = (
@@ -156,8 +155,9 @@ class ShopData:
         and the days each table had published in the listing its rows were read from: the gap
         check then judges exactly the data loaded.
 
-        With ``buckets`` (a shard's), the customer-keyed tables' history files of other
-        buckets are not read, and the rows are narrowed to the buckets' customers; the third
+        With ``buckets`` (a shard's), the customer-keyed tables' history rows are only those
+        buckets' (other files are not read); the days newer than the history are whole, so
+        the caller narrows them (:meth:`for_customers`, once: every copy counts); the third
         value then gives, per :data:`EDGE_COLUMNS` table, the first and last time of the
         history's rows (all buckets), so :meth:`span` of the shard is the whole shop's."""
         frames, days, edges = {}, {}, {}
@@ -175,11 +175,7 @@ class ShopData:
                 span = history.bounds(lake, name, listing).get(EDGE_COLUMNS[name])
                 if span is not None:
                     edges[name] = (datetime.fromisoformat(span[0]), datetime.fromisoformat(span[1]))
-        data = cls(**frames)
-        if buckets is not None:
-            ids = data.customers.select("customer_id").unique()
-            data = data.for_customers(ids.filter(in_buckets(ids["customer_id"], buckets)))
-        return data, days, edges
+        return cls(**frames), days, edges
 
     @classmethod
     def from_frames(cls, **frames: pl.DataFrame) -> ShopData:
