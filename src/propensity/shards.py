@@ -95,6 +95,9 @@ def in_shard(ids: pl.Series, shard: int, shards: int) -> pl.Series:
 
 
 def in_buckets(ids: pl.Series, buckets: range) -> pl.Series:
-    """Boolean mask of the ids whose bucket is in ``buckets``."""
-    b = bucket_of(ids)
-    return (b >= buckets.start) & (b < buckets.stop)
+    """Boolean mask of the ids whose bucket is in ``buckets`` (null for a null id). Each distinct
+    id is hashed once: an events column repeats each customer hundreds of times."""
+    distinct = ids.unique().drop_nulls()
+    b = bucket_of(distinct)
+    inside = distinct.filter((b >= buckets.start) & (b < buckets.stop))
+    return ids.is_in(inside.implode())

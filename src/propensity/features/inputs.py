@@ -26,6 +26,7 @@ import polars as pl
 from propensity import history
 from propensity.contracts import contract
 from propensity.lake import Lake
+from propensity.shards import in_buckets
 from propensity.zones import CLEAN
 
 TABLE_NAMES = (
@@ -155,9 +156,9 @@ class ShopData:
         and the days each table had published in the listing its rows were read from: the gap
         check then judges exactly the data loaded.
 
-        With ``buckets`` (a shard's), the customer-keyed tables' history rows are only those
-        buckets' (other files are not read); the days newer than the history are whole, so
-        the caller narrows them (:meth:`for_customers`, once: every copy counts); the third
+        With ``buckets`` (a shard's), the customer-keyed tables' history files of other
+        buckets are not read, and every table is narrowed to the buckets (:meth:`in_buckets`:
+        only the days newer than the history have rows to drop); the third
         value then gives, per :data:`EDGE_COLUMNS` table, the first and last time of the
         history's rows (all buckets), so :meth:`span` of the shard is the whole shop's."""
         frames, days, edges = {}, {}, {}
@@ -175,31 +176,44 @@ class ShopData:
                 span = history.bounds(lake, name, listing).get(EDGE_COLUMNS[name])
                 if span is not None:
                     edges[name] = (datetime.fromisoformat(span[0]), datetime.fromisoformat(span[1]))
-        return cls(**frames), days, edges
+        data = cls(**frames)
+        return (data if buckets is None else data.in_buckets(buckets)), days, edges
 
     @classmethod
     def from_frames(cls, **frames: pl.DataFrame) -> ShopData:
         return cls(**{f.name: frames.get(f.name, _empty(f.name)) for f in fields(cls)})
 
-    def for_customers(self, ids: pl.DataFrame) -> ShopData:
-        """Only the rows of the customers in ``ids`` (a ``customer_id`` frame): one shard's data.
+    def in_buckets(self, buckets: range) -> ShopData:
+        """Only the rows of the customers whose bucket is in ``buckets`` (a shard's data).
 
         Shared reference data (products, FX rates) stays whole; items and deliveries follow
-        their orders. Features are per-customer aggregates, so a shard's features equal the
-        same customers' rows of an unsharded build.
+        their orders; rows with no customer belong to no shard. Features are per-customer
+        aggregates, so a shard's features equal the same customers' rows of an unsharded
+        build. A table that holds only those customers already (a shard's history rows) is
+        kept as it is, not copied.
         """
-        keep = ids.select(pl.col("customer_id").cast(pl.String)).unique()
-        orders = self.orders.join(keep, on="customer_id", how="semi")
-        order_ids = orders.select("order_id").unique()
+
+        def mine(df: pl.DataFrame) -> pl.DataFrame:
+            ids = df["customer_id"]
+            mask = in_buckets(ids, buckets) & ids.is_not_null()
+            return df if mask.all() else df.filter(mask)
+
+        orders = mine(self.orders)
+        order_ids = orders["order_id"].unique().implode()
+
+        def of_orders(df: pl.DataFrame) -> pl.DataFrame:
+            mask = df["order_id"].is_in(order_ids)
+            return df if mask.all() and not mask.null_count() else df.filter(mask)
+
         return replace(
             self,
-            customers=self.customers.join(keep, on="customer_id", how="semi"),
+            customers=mine(self.customers),
             orders=orders,
-            order_items=self.order_items.join(order_ids, on="order_id", how="semi"),
-            events=self.events.join(keep, on="customer_id", how="semi"),
-            reviews=self.reviews.join(keep, on="customer_id", how="semi"),
-            deliveries=self.deliveries.join(order_ids, on="order_id", how="semi"),
-            campaign_contacts=self.campaign_contacts.join(keep, on="customer_id", how="semi"),
+            order_items=of_orders(self.order_items),
+            events=mine(self.events),
+            reviews=mine(self.reviews),
+            deliveries=of_orders(self.deliveries),
+            campaign_contacts=mine(self.campaign_contacts),
         )
 
     @property

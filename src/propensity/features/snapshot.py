@@ -30,7 +30,7 @@ from propensity.features.inputs import USED_COLUMNS, ShopData, describe_gaps, mi
 from propensity.features.labels import KEY, labels, population
 from propensity.features.profiles import build_profiles
 from propensity.lake import Lake
-from propensity.shards import in_shard, shard_buckets
+from propensity.shards import shard_buckets
 from propensity.validation import checks as ck
 from propensity.validation.frames import check_frame
 
@@ -200,8 +200,8 @@ class SnapshotBuilder:
             wanted = shard_buckets(shard, shards)
             if self.buckets is not None and not set(wanted) <= set(self.buckets):
                 raise ValueError(f"shard {shard}/{shards} needs buckets {wanted}, this builder loaded {self.buckets}")
-            ids = data.customers.select("customer_id").unique()
-            data = data.for_customers(ids.filter(in_shard(ids["customer_id"], shard, shards)))
+            if wanted != self.buckets:  # loaded with exactly these buckets: narrowed already
+                data = data.in_buckets(wanted)
         past = data.as_of(t)
         feats = compute_features(past, t, s.base_currency, self.promotions)
         profiles = build_profiles(feats, past, t, s.base_currency) if shard is None else pl.DataFrame()
