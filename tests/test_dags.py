@@ -575,6 +575,7 @@ def test_build_features_sharded_equals_unsharded(features_runs) -> None:
     for task, lab in whole.labels.items():
         assert pl.from_arrow(lake.read_partition("labels", "", {"task": task, **part})).equals(lab), task
     assert not lake.store.list("features/_shards/") and not lake.store.list("labels/_shards/")
+    assert not lake.store.list("profiles/_shards/")
 
 
 def _airflow_rows(airflow_env: AirflowEnv, query: str, *args: Any) -> list[tuple]:  # noqa: F811

@@ -226,8 +226,11 @@ def test_a_shard_reads_only_its_buckets_of_the_history_and_builds_the_same_shard
         for task, lab in ref.labels.items():
             assert part.labels[task].equals(lab) and part.complete[task] == ref.complete[task], (i, task)
         parts.append(part)
-    merged = whole_builder.merge(parts)
+    merger = SnapshotBuilder(s)
+    merged = merger.merge(parts)
+    assert merger.data_ is None  # the merge read nothing of the clean zone
     assert merged.features.equals(whole.features) and merged.profiles.equals(whole.profiles)
+    assert merged.observed_until == whole.observed_until
 
 
 @pytest.mark.parametrize("shards", [3])

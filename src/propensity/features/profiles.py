@@ -50,7 +50,32 @@ def rfm_segment() -> pl.Expr:
     )
 
 
-def build_profiles(features: pl.DataFrame, past: ShopData, t: datetime, base_currency: str) -> pl.DataFrame:
+#: per-customer profile columns computed from the customer's own rows (a shard computes them)
+INPUT_COLUMNS = ["top_interests", "gender", "age_band"]
+
+
+def profile_inputs(features: pl.DataFrame, past: ShopData, t: datetime, base_currency: str) -> pl.DataFrame:
+    """The profile columns that need the customer's own history, not the other customers:
+    top interests (from views and purchases) and the sensitive attributes, one row per
+    customer of ``features``. A feature shard computes them for its customers, so merging
+    shards never reads the clean zone again."""
+    o = orders_in_base(past, base_currency)
+    counts, _ = category_counts(past, o, t)
+    interests = counts.group_by(KEY, maintain_order=True).agg(
+        pl.col("category").head(3).str.join("|").alias("top_interests")
+    )
+    sensitive = past.customers.select(KEY, "gender", "age_band")
+    return (
+        features.select(KEY)
+        .join(interests, on=KEY, how="left")
+        .join(sensitive, on=KEY, how="left")
+        .select(KEY, *INPUT_COLUMNS)
+    )
+
+
+def rank_profiles(features: pl.DataFrame, inputs: pl.DataFrame, t: datetime) -> pl.DataFrame:
+    """Profile tags from the features of every customer (RFM quintiles and value tiers rank
+    customers against each other) and the per-customer :func:`profile_inputs`."""
     f = features.with_columns(
         # rank recency among buyers: most recent gets 5
         pl.when(pl.col("orders_365d") > 0).then(pl.col("recency_days")).otherwise(None).alias("__rec"),
@@ -68,17 +93,10 @@ def build_profiles(features: pl.DataFrame, past: ShopData, t: datetime, base_cur
         (pl.col("revenue_365d").rank("ordinal") * 5 / max(n, 1)).ceil().clip(1, 5).cast(pl.Int8).alias("rfm_m"),
         (pl.col("revenue_365d").rank("ordinal", descending=True) / max(n, 1)).alias("__value_rank"),
     )
-    o = orders_in_base(past, base_currency)
-    counts, _ = category_counts(past, o, t)
-    interests = counts.group_by(KEY, maintain_order=True).agg(
-        pl.col("category").head(3).str.join("|").alias("top_interests")
-    )
-    sensitive = past.customers.select(KEY, "gender", "age_band")
     out = (
         f.select(KEY, "signup_tenure_days", "recency_days", "days_since_last_session", "orders_365d", "revenue_365d")
         .join(scored, on=KEY, how="left")
-        .join(interests, on=KEY, how="left")
-        .join(sensitive, on=KEY, how="left")
+        .join(inputs, on=KEY, how="left")
         .with_columns(
             lifecycle_stage().alias("lifecycle_stage"),
             rfm_segment().alias("rfm_segment"),
@@ -106,3 +124,8 @@ def build_profiles(features: pl.DataFrame, past: ShopData, t: datetime, base_cur
         "gender",
         "age_band",
     ).sort(KEY)
+
+
+def build_profiles(features: pl.DataFrame, past: ShopData, t: datetime, base_currency: str) -> pl.DataFrame:
+    """Profile tags of every customer of ``features`` at ``t``."""
+    return rank_profiles(features, profile_inputs(features, past, t, base_currency), t)

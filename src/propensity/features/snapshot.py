@@ -28,7 +28,7 @@ from propensity.features.build import compute_features
 from propensity.features.catalogue import feature_checks
 from propensity.features.inputs import USED_COLUMNS, ShopData, describe_gaps, missing_days
 from propensity.features.labels import KEY, labels, population
-from propensity.features.profiles import build_profiles
+from propensity.features.profiles import profile_inputs, rank_profiles
 from propensity.lake import Lake
 from propensity.shards import shard_buckets
 from propensity.validation import checks as ck
@@ -185,9 +185,9 @@ class SnapshotBuilder:
     ) -> Snapshot:
         """Features, profiles and labels at ``snapshot``.
 
-        With ``shard``, only that customer hash shard's features and labels are built and the
-        profiles are left empty: profile tags rank customers against each other (RFM
-        quintiles, value tiers), so :meth:`merge` computes them over the union.
+        With ``shard``, only that customer shard's features and labels are built, and its
+        ``profiles`` are the per-customer profile inputs: profile tags rank customers against
+        each other (RFM quintiles, value tiers), so :meth:`merge` ranks them over the union.
         """
         t0 = time.perf_counter()
         s = self.settings
@@ -204,7 +204,9 @@ class SnapshotBuilder:
                 data = data.in_buckets(wanted)
         past = data.as_of(t)
         feats = compute_features(past, t, s.base_currency, self.promotions)
-        profiles = build_profiles(feats, past, t, s.base_currency) if shard is None else pl.DataFrame()
+        # a shard's profile inputs only: the tags rank customers against each other (merge)
+        inputs = profile_inputs(feats, past, t, s.base_currency)
+        profiles = rank_profiles(feats, inputs, t) if shard is None else inputs
         snap = Snapshot(snapshot, feats, profiles, observed_until=last)
         for name in names:
             task = s.tasks[name]
@@ -221,16 +223,20 @@ class SnapshotBuilder:
         return snap
 
     def merge(self, parts: list[Snapshot]) -> Snapshot:
-        """One snapshot from its shards: features and labels concatenated, profiles over the union."""
+        """One snapshot from its shards: features and labels concatenated, the profile tags
+        ranked over the union from the shards' profile inputs. It reads nothing of the clean
+        zone: each shard checked its input window and recorded the shop's last observed day."""
         if not parts or len({p.snapshot for p in parts}) != 1:
             raise ValueError("merge needs the shards of exactly one snapshot")
         t0 = time.perf_counter()
         day = parts[0].snapshot
-        self.check_window(day, parts[0].labels)
-        t = at_midnight(day)
+        observed = {p.observed_until for p in parts}
+        if len(observed) != 1:
+            raise ValueError(f"snapshot {day}: shards disagree on the last observed day ({sorted(map(str, observed))})")
         feats = pl.concat([p.features for p in parts], how="vertical_relaxed").sort(KEY)
-        profiles = build_profiles(feats, self.data.as_of(t), t, self.settings.base_currency)
-        snap = Snapshot(day, feats, profiles, observed_until=self.observed_until)
+        inputs = pl.concat([p.profiles for p in parts], how="vertical_relaxed")
+        profiles = rank_profiles(feats, inputs, at_midnight(day))
+        snap = Snapshot(day, feats, profiles, observed_until=observed.pop())
         for name in parts[0].labels:
             if len({p.complete[name] for p in parts}) != 1:
                 raise ValueError(f"labels.{name}.{day}: shards disagree on whether the label window is complete")

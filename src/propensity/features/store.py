@@ -7,6 +7,7 @@ Layout (``shared/DESIGN.md``, "Lake zones")::
     labels/task=<task>/snapshot=T/        the task's population and label (null while incomplete)
     scores/task=<task>/dt=T/              calibrated scores, deciles, model version, reason codes
     features/_shards/snapshot=T/shard=i/  temporary per-shard frames of a sharded build
+    profiles/_shards/snapshot=T/shard=i/  (the shard's per-customer profile inputs)
     labels/_shards/task=<t>/snapshot=T/shard=i/
     scores/_shards/task=<t>/dt=T/shard=i/
 
@@ -150,9 +151,11 @@ class SnapshotStore:
         return {"snapshot": _day(d), "shard": str(int(shard))}
 
     def write_shard(self, snap: Snapshot, shard: int) -> None:
-        """Park one customer shard's features and labels until :meth:`read_shards` merges them."""
+        """Park one customer shard's features, profile inputs and labels until the merge."""
         part = self.shard_part(snap.snapshot, shard)
-        self.lake.write_partition(FEATURES, SHARDS, part, snap.features.to_arrow())
+        observed = {"observed_until": snap.observed_until.isoformat() if snap.observed_until else None}
+        self.lake.write_partition(FEATURES, SHARDS, part, snap.features.to_arrow(), observed)
+        self.lake.write_partition(PROFILES, SHARDS, part, snap.profiles.to_arrow())
         for t, lab in snap.labels.items():
             meta = {"complete": snap.complete[t]}
             self.lake.write_partition(LABELS, SHARDS, {"task": t, **part}, lab.to_arrow(), meta)
@@ -162,7 +165,16 @@ class SnapshotStore:
         feats = self.lake.read_partition(FEATURES, SHARDS, part)
         if feats is None:
             raise RequestError(f"snapshot {_day(d)}: shard {shard} is not in the lake")
-        snap = Snapshot(date.fromisoformat(_day(d)), pl.from_arrow(feats), pl.DataFrame())  # type: ignore[arg-type]
+        inputs = self.lake.read_partition(PROFILES, SHARDS, part)
+        if inputs is None:
+            raise RequestError(f"snapshot {_day(d)}: the profile inputs of shard {shard} are not in the lake")
+        observed = (self.lake.manifest(FEATURES, SHARDS, part) or {}).get("observed_until")
+        snap = Snapshot(
+            date.fromisoformat(_day(d)),
+            pl.from_arrow(feats),  # type: ignore[arg-type]
+            pl.from_arrow(inputs),  # type: ignore[arg-type]
+            observed_until=date.fromisoformat(observed) if observed else None,
+        )
         for t in tasks:
             lp = {"task": t, **part}
             table = self.lake.read_partition(LABELS, SHARDS, lp)
@@ -175,6 +187,7 @@ class SnapshotStore:
     def delete_shard(self, d: date | str, shard: int, tasks: Iterable[str]) -> None:
         part = self.shard_part(d, shard)
         self.lake.delete_partition(FEATURES, SHARDS, part)
+        self.lake.delete_partition(PROFILES, SHARDS, part)
         for t in tasks:
             self.lake.delete_partition(LABELS, SHARDS, {"task": t, **part})
 
