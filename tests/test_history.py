@@ -186,3 +186,24 @@ def test_the_history_records_where_its_days_begin_and_end(tmp_path: Path) -> Non
     lake.write_partition(CLEAN, "events", {"dt": _day(2)}, events(2, 1))  # re-validated: not the history's any more
     listing = history.Listing.of(lake, CLEAN, "events")
     assert history.bounds(lake, "events", listing)["event_time"][1] == "2025-01-02T06:00:00+00:00"
+
+
+def test_a_compaction_in_small_batches_gives_the_same_rows_in_bounded_files(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compaction spills the new partitions a few rows at a time and writes a bucket
+    range at a time: the rows and each customer's order are what one pass would give, and
+    rows with no customer are cut into files of at most rows_per_file."""
+    for i in range(6, 9):
+        anonymous = pa.table({"customer_id": pa.array([None] * 4, pa.string()), "v": [f"n{i}"] * 4})
+        lake.write_partition(CLEAN, TABLE, {"dt": _day(i)}, pa.concat_tables([_rows(i), anonymous]))
+    monkeypatch.setattr(history, "BATCH_ROWS", 4)
+    history.compact(lake, TABLE, after=1, rows_per_file=5)
+    lake.write_partition(CLEAN, TABLE, {"dt": _day(1)}, _rows(1, tag="b"))  # an older day re-published
+    history.compact(lake, TABLE, after=1, rows_per_file=5)
+    assert _same(_read(lake), _direct(lake))
+    hist = history.History.newest(lake, TABLE)
+    assert hist is not None
+    files = lake.data_files(HISTORY, TABLE, hist.parts)
+    orphans = [f for f in files if f.meta["buckets"] is None]
+    assert sum(f.rows for f in orphans) == 12 and all(f.rows <= 5 for f in orphans)

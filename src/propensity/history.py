@@ -27,9 +27,11 @@ reader that listed the older one while a new one was written still finds its fil
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -49,6 +51,8 @@ KEEP = 2
 PARTITION = "__partition"
 #: the column that holds each history row's customer bucket (:mod:`propensity.shards`)
 BUCKET = "__bucket"
+#: rows of new partitions a compaction of a customer-keyed table reads at once
+BATCH_ROWS = 1_000_000
 #: rows per history file a compaction aims at: it splits a customer-keyed table into the
 #: fewest power-of-two bucket ranges that keep files this small (at most one per bucket)
 FILE_ROWS = 500_000
@@ -117,12 +121,20 @@ def _decode(lake: Lake, f: DataFile, columns: list[str] | None) -> pl.DataFrame:
 
 
 def _read_partitions(
-    lake: Lake, zone: str, table: str, paths: Iterable[str], columns: list[str] | None, tag: bool
+    lake: Lake,
+    zone: str,
+    table: str,
+    paths: Iterable[str],
+    columns: list[str] | None,
+    tag: bool,
+    listed: dict[str, list[DataFile]] | None = None,
 ) -> list[pl.DataFrame]:
-    """Each partition's verified files, a few at a time (manifests too: one GET each)."""
+    """Each partition's verified files, a few at a time (manifests too: one GET each, unless
+    the caller ``listed`` them already)."""
 
     def one(path: str) -> list[pl.DataFrame]:
-        frames = [_decode(lake, f, columns) for f in lake.data_files(zone, table, partition_values(path))]
+        files = listed[path] if listed is not None else lake.data_files(zone, table, partition_values(path))
+        frames = [_decode(lake, f, columns) for f in files]
         return [df.with_columns(pl.lit(path).alias(PARTITION)) for df in frames] if tag else frames
 
     with ThreadPoolExecutor(lake.io_threads) as pool:
@@ -206,45 +218,130 @@ def bounds(lake: Lake, table: str, listing: Listing) -> dict[str, tuple[str, str
     return out
 
 
-def _with_buckets(lake: Lake, table: str, data: pl.DataFrame) -> pl.DataFrame | None:
-    """``data`` with each row's customer bucket (None for a table shared by all customers);
-    rows whose customer is unknown (an order not published) get a null bucket."""
-    key = bucket_key(table)
-    if key is None:
+def _owners(lake: Lake, table: str) -> pl.DataFrame | None:
+    """``order_id -> customer_id`` for a table whose rows find their customer through their
+    order (None for the others): the published orders, the last version of each."""
+    if bucket_key(table) != "order_id":
         return None
-    if key == "customer_id":
-        ids = data["customer_id"]
+    orders, _ = read(lake, "orders", ["order_id", "customer_id"])
+    if orders is None:
+        orders = pl.DataFrame(schema={"order_id": pl.String, "customer_id": pl.String})
+    return orders.unique("order_id", keep="last", maintain_order=True)
+
+
+def _tag_buckets(df: pl.DataFrame, owners: pl.DataFrame | None) -> pl.DataFrame:
+    """``df`` with each row's customer bucket in :data:`BUCKET` (null: no known customer).
+    Each distinct customer is hashed once."""
+    if owners is None:
+        ids = df["customer_id"]
     else:
-        orders, _ = read(lake, "orders", ["order_id", "customer_id"])
-        owner = orders if orders is not None else pl.DataFrame(schema={"order_id": pl.String, "customer_id": pl.String})
-        owner = owner.unique("order_id", keep="last", maintain_order=True)
-        ids = data.select("order_id").join(owner, on="order_id", how="left", maintain_order="left")["customer_id"]
-    bucket = (
-        bucket_of(ids)
-        .to_frame(BUCKET)
-        .with_columns(pl.when(ids.is_null()).then(None).otherwise(pl.col(BUCKET)).alias(BUCKET))
-    )
-    return data.with_columns(bucket[BUCKET])
+        ids = df.select("order_id").join(owners, on="order_id", how="left", maintain_order="left")["customer_id"]
+    distinct = ids.unique().drop_nulls()
+    lookup = pl.DataFrame({"__id": distinct, BUCKET: bucket_of(distinct)})
+    bucket = ids.to_frame("__id").join(lookup, on="__id", how="left", maintain_order="left")[BUCKET]
+    return df.with_columns(bucket)
 
 
-def _bucket_files(data: pl.DataFrame, rows_per_file: int) -> list[tuple[pl.DataFrame, dict[str, Any]]]:
-    """``data`` (with :data:`BUCKET`) as files of contiguous bucket ranges, each row's order
-    within its customer kept: the fewest power-of-two ranges that keep files near
-    ``rows_per_file``, then one file of the rows that have no customer."""
+def _ranges(rows: int, rows_per_file: int) -> int:
+    """The fewest power-of-two bucket ranges (at most one per bucket) that keep files near ``rows_per_file``."""
     n = 1
-    while n < BUCKETS and data.height > n * rows_per_file:
+    while n < BUCKETS and rows > n * rows_per_file:
         n *= 2
+    return n
+
+
+def _merge_bounds(into: dict[str, dict[str, list[str]]], more: dict[str, dict[str, list[str]]]) -> None:
+    for part, cols in more.items():
+        mine = into.setdefault(part, {})
+        for col, (lo, hi) in cols.items():
+            old = mine.get(col)
+            mine[col] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
+
+
+def _compact_bucketed(
+    lake: Lake,
+    table: str,
+    listing: Listing,
+    hist: History | None,
+    through: dict[str, str],
+    doc: dict[str, Any],
+    rows_per_file: int,
+) -> None:
+    """Write the new history of a customer-keyed table in bucket ranges, with memory bounded
+    by :data:`BATCH_ROWS` and one range, not by the table.
+
+    The old history's still-true rows (file by file) and the new partitions (a batch at a
+    time) are split by bucket range into a local spill folder; then each range's pieces are
+    joined, in partition order per customer, and written as one file before the next range
+    is read."""
+    owners = _owners(lake, table)
+    valid = hist.still_true(listing) if hist is not None else set()
+    old_files = lake.data_files(HISTORY, table, hist.parts) if hist is not None and valid else []
+    rest = [p for p in listing.published if p not in valid]
+    with ThreadPoolExecutor(lake.io_threads) as pool:  # the manifests, once: sizes now, files later
+        listed = dict(
+            zip(rest, pool.map(lambda p: lake.data_files(CLEAN, table, partition_values(p)), rest), strict=True)
+        )
+    rest_rows = {p: sum(f.rows for f in listed[p]) for p in rest}
+    n = _ranges(sum(f.rows for f in old_files) + sum(rest_rows.values()), rows_per_file)
     width = BUCKETS // n
-    ordered = data.sort(BUCKET, maintain_order=True, nulls_last=True)
-    out: list[tuple[pl.DataFrame, dict[str, Any]]] = []
-    for lo in range(0, BUCKETS, width):
-        part = ordered.filter(pl.col(BUCKET).is_between(lo, lo + width - 1))
-        if part.height:
-            out.append((part, {"buckets": [lo, lo + width]}))
-    orphans = ordered.filter(pl.col(BUCKET).is_null())
-    if orphans.height:
-        out.append((orphans, {"buckets": None}))
-    return out or [(data, {"buckets": [0, BUCKETS]})]
+    resort = bool(valid and rest and min(rest) < max(valid))  # a re-published older day
+    bounds: dict[str, dict[str, list[str]]] = {}
+    with tempfile.TemporaryDirectory(prefix="propensity-compact-") as tmp:
+        spill: dict[int, list[Path]] = {}
+        empty: list[pl.DataFrame] = []
+
+        def park(df: pl.DataFrame) -> None:
+            if not empty:
+                empty.append(df.head(0))
+            df = df if BUCKET in df.columns else _tag_buckets(df, owners)
+            _merge_bounds(bounds, _bounds(df.drop(BUCKET)))
+            ranged = df.with_columns((pl.col(BUCKET) // width).fill_null(-1).alias("__range"))
+            for (r,), piece in ranged.partition_by("__range", maintain_order=True, as_dict=True).items():
+                path = Path(tmp) / f"{sum(map(len, spill.values()))}.arrow"
+                piece.drop("__range").write_ipc(path)
+                spill.setdefault(int(r), []).append(path)  # type: ignore[call-overload]
+
+        for f in old_files:
+            df = _decode(lake, f, None)
+            park(df if len(valid) == len(hist.sources) else df.filter(pl.col(PARTITION).is_in(list(valid))))  # type: ignore[union-attr]
+        batch: list[str] = []
+        for i, p in enumerate(rest):
+            batch.append(p)
+            if sum(rest_rows[b] for b in batch) >= BATCH_ROWS or i == len(rest) - 1:
+                frames = _read_partitions(lake, CLEAN, table, batch, None, True, listed)
+                if frames:
+                    park(pl.concat(frames, how="vertical"))
+                batch = []
+
+        had_rows = bool(spill)
+
+        def load(paths: list[Path]) -> pl.DataFrame:
+            return pl.concat([pl.read_ipc(p.read_bytes()) for p in paths], how="vertical")
+
+        def files() -> Iterable[tuple[Any, dict[str, Any]]]:
+            for r in range(n):
+                if r in spill:
+                    df = load(spill.pop(r))
+                    yield (
+                        (df.sort(PARTITION, maintain_order=True) if resort else df).to_arrow(),
+                        {"buckets": [r * width, (r + 1) * width]},
+                    )
+            # rows with no customer (anonymous events: a large share) in files of at most
+            # rows_per_file, a spilled piece at a time; they have no customer order to keep
+            for path in spill.pop(-1, []):
+                df = load([path])
+                for start in range(0, df.height, rows_per_file):
+                    yield df.slice(start, rows_per_file).to_arrow(), {"buckets": None}
+            if not had_rows and empty:  # only empty partitions: one empty file keeps the schema
+                frame = empty[0] if BUCKET in empty[0].columns else _tag_buckets(empty[0], owners)
+                yield frame.to_arrow(), {"buckets": [0, BUCKETS]}
+
+        def manifest() -> dict[str, Any]:
+            columns = [c for c in empty[0].columns if c not in (PARTITION, BUCKET)] if empty else []
+            return {**doc, "columns": columns, "bounds": bounds}
+
+        lake.write_files(HISTORY, table, through, files(), manifest=manifest)
 
 
 def _bounds(data: pl.DataFrame) -> dict[str, dict[str, list[str]]]:
@@ -269,30 +366,24 @@ def compact(
     the newest one; returns its partition (None when nothing was written). The new history is
     the old one's still-true rows plus the other partitions, so a compaction reads the days
     since the last one, not the whole past. A customer-keyed table is written in customer
-    bucket order, one file per bucket range (:func:`_bucket_files`), so a shard reads only
+    bucket order, one file per bucket range (:func:`_compact_bucketed`), so a shard reads only
     its own. Histories beyond the :data:`KEEP` newest are removed."""
     listing = Listing.of(lake, CLEAN, table)
     hist = History.newest(lake, table)
     fresh = len(listing.published) - (len(hist.still_true(listing)) if hist else 0)
     if not listing.published or fresh < after:
         return None
-    data = _gather(lake, CLEAN, table, None, listing, hist, tagged=True)
-    assert data is not None
-    data = data.rechunk()
     through = {"through": max(listing.values())}
     recorded = {p: sorted(names) for p, names in listing.published.items()}
-    doc = {
-        "sources": recorded,
-        "columns": [c for c in data.columns if c != PARTITION],
-        "bounds": _bounds(data),
-    }
-    bucketed = _with_buckets(lake, table, data)
-    if bucketed is None:
-        lake.write_partition(HISTORY, table, through, data.to_arrow(), manifest=doc)
+    if bucket_key(table) is not None:
+        _compact_bucketed(lake, table, listing, hist, through, {"sources": recorded}, rows_per_file)
     else:
-        files = [(df.to_arrow(), meta) for df, meta in _bucket_files(bucketed, rows_per_file)]
-        lake.write_files(HISTORY, table, through, files, manifest=doc)
+        data = _gather(lake, CLEAN, table, None, listing, hist, tagged=True)
+        assert data is not None
+        data = data.rechunk()
+        doc = {"sources": recorded, "columns": [c for c in data.columns if c != PARTITION], "bounds": _bounds(data)}
+        lake.write_partition(HISTORY, table, through, data.to_arrow(), manifest=doc)
     for old in lake.partitions(HISTORY, table)[:-KEEP]:
         lake.delete_partition(HISTORY, table, old)
-    log.info("history of %s: %d partitions, %d rows, through %s", table, len(recorded), data.height, through["through"])
+    log.info("history of %s: %d partitions through %s", table, len(recorded), through["through"])
     return through

@@ -22,7 +22,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -209,28 +209,35 @@ class Lake:
         zone: str,
         table: str,
         parts: Mapping[str, str],
-        chunks: Sequence[tuple[pa.Table, Mapping[str, Any]]],
-        manifest: Mapping[str, Any] | None = None,
+        chunks: Iterable[tuple[pa.Table, Mapping[str, Any]]],
+        manifest: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
         existing: Iterable[str] | None = None,
     ) -> dict[str, Any]:
         """:meth:`write_partition` with the caller's split into files: each chunk is one file,
-        and its mapping is stored in the file's manifest entry (read back as :attr:`DataFile.meta`)."""
+        and its mapping is stored in the file's manifest entry (read back as :attr:`DataFile.meta`).
+
+        ``chunks`` may be a generator: each file is written before the next chunk is made, so
+        a partition larger than memory can be written a piece at a time. ``manifest`` may be
+        a function, called after the last chunk (for what the chunks' making found out)."""
         base = partition_path(zone, table, parts)
         files = []
+        rows = 0
         for i, (chunk, meta) in enumerate(chunks):
             payload = parquet_bytes(chunk)
             digest = hashlib.sha256(payload).hexdigest()
             name = f"part-{i:05d}-{digest[:12]}.parquet"
             self.store.put_bytes(f"{base}/{name}", payload)
             files.append({**meta, "name": name, "rows": chunk.num_rows, "bytes": len(payload), "sha256": digest})
+            rows += chunk.num_rows
+        extra = manifest() if callable(manifest) else manifest
         doc = {
             "zone": zone,
             "table": table,
             "partition": dict(parts),
-            "row_count": sum(c.num_rows for c, _ in chunks),
+            "row_count": rows,
             "files": files,
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            **(manifest or {}),
+            **(extra or {}),
         }
         self.store.put_text(f"{base}/{MANIFEST}", json.dumps(doc, indent=2, sort_keys=True, default=str))
         keep = {f"{base}/{f['name']}" for f in files} | {f"{base}/{MANIFEST}"}
