@@ -22,7 +22,7 @@ from propensity.models.fingerprint import data_digest, model_parameters, params_
 from propensity.models.model import model_input
 from propensity.models.registry import gate_and_alias, pick_version, promote, rollback
 from propensity.models.tracking import CLASSIC_ML, EXPERIMENT_KIND_TAG, configure, route_mlflow_logging
-from propensity.models.train import TaskFrames, Trainer, headline_metrics
+from propensity.models.train import WEIGHT, TaskFrames, Trainer, headline_metrics, sample_negatives
 from propensity.services import MlflowServer
 from propensity.simulate import simulate
 
@@ -164,6 +164,40 @@ def test_optuna_tuning_is_bounded_and_reproducible(clean_bulk):
     assert p1 == p2, "same seed, same tuned parameters"
     assert p1["num_leaves"] != s.models.num_leaves or p1["learning_rate"] != s.models.learning_rate
     np.testing.assert_array_equal(s1, s2)
+
+
+def test_sampled_negatives_keep_every_positive_and_the_weighted_label_mix() -> None:
+    rng = np.random.default_rng(1)
+    train = pd.DataFrame({"customer_id": [f"C{i}" for i in range(20_000)], "label": (rng.random(20_000) < 0.05)})
+    train["label"] = train["label"].astype(int)
+    same, rate = sample_negatives(train, None, 7)
+    assert same is train and rate == 1.0
+    out, rate = sample_negatives(train, 5_000, 7)
+    assert out["label"].sum() == train["label"].sum()  # every positive
+    assert 4_500 < len(out) < 5_500 and 0.2 < rate < 0.25
+    negatives = out[out["label"] == 0]
+    assert abs(negatives[WEIGHT].sum() - (train["label"] == 0).sum()) < 0.05 * len(train)
+    assert (out.loc[out["label"] == 1, WEIGHT] == 1.0).all()
+    assert sample_negatives(train, 5_000, 7)[0].equals(out)  # the same seed, the same sample
+
+
+def test_a_training_row_cap_samples_only_the_training_rows(clean_bulk):
+    """With models.max_train_rows the booster sees the cap's worth of training rows, weighted;
+    validation (early stopping, calibration) and test keep every row. (What the sampling costs
+    in AUC is measured on a shop of realistic size: bench/negative_sampling.py.)"""
+    t = Trainer(clean_bulk)
+    plan = t.plans(["repurchase"], None)["repurchase"]
+    whole = t.frames("repurchase", plan, ["repurchase"])
+    cap = len(whole.train) // 3
+    models = clean_bulk.models.model_copy(update={"max_train_rows": cap, "min_data_in_leaf": 10})  # a small shop
+    capped = Trainer(clean_bulk.model_copy(update={"models": models}))
+    fr = capped.frames("repurchase", plan, ["repurchase"])
+    assert len(fr.train) < 0.5 * len(whole.train) and WEIGHT in fr.train.columns
+    assert fr.train["label"].sum() == whole.train["label"].sum()
+    assert len(fr.valid) == len(whole.valid) and len(fr.test) == len(whole.test)
+    result, _ = capped.evaluate("repurchase", fr, 0.0)
+    assert 0 < result.metrics["train_negative_rate"] < 0.5
+    assert result.test_scores is not None and len(np.unique(result.test_scores)) > 10  # a fitted, weighted booster
 
 
 @pytest.mark.skipif(not ONLINE_SHOPPERS.exists(), reason="Online Shoppers dataset not present in ../shared/datasets")

@@ -364,6 +364,13 @@ class ModelConfig(BaseModel):
         "on conversion), and on three simulated shops its pooled ECE was lower in 12 of 15 "
         "repurchase comparisons and below 0.02 on every task and seed (isotonic: 0.0201 on one)",
     )
+    max_train_rows: int | None = Field(
+        None,
+        ge=1000,
+        description="cap on a task's training rows: above it every positive is kept and negatives are sampled, "
+        "each weighted by the inverse of its sampling rate, so training time and memory follow the cap, not the "
+        "shop; validation, calibration and test rows are never sampled (None: no cap)",
+    )
     tuning_trials: int = Field(0, ge=0, description="Optuna trials; 0 disables tuning")
     tuning_seconds: float = 300.0
     margin: float = Field(0.005, ge=0, description="a challenger may be this much worse (AUC) than the champion")

@@ -348,6 +348,26 @@ def train_booster(params: dict[str, Any], dtrain: lgb.Dataset, dvalid: lgb.Datas
     )
 
 
+#: the training frame's column of sample weights (present only when negatives were sampled)
+WEIGHT = "__weight"
+
+
+def sample_negatives(train: pd.DataFrame, cap: int | None, seed: int) -> tuple[pd.DataFrame, float]:
+    """``train`` cut to about ``cap`` rows: every positive, and each negative with probability
+    ``rate``, weighted ``1 / rate`` so the weighted label mix is the population's. Returns the
+    frame and the rate (1.0: not sampled). Rare positives carry the signal; dropping
+    negatives at random changes the loss only by the weights it restores."""
+    if cap is None or len(train) <= cap:
+        return train, 1.0
+    positive = (train["label"] == 1).to_numpy()
+    negatives = int((~positive).sum())
+    rate = min(1.0, max(cap - int(positive.sum()), 1) / max(negatives, 1))
+    keep = positive | (np.random.default_rng(seed).random(len(train)) < rate)
+    out = train[keep].reset_index(drop=True)
+    out[WEIGHT] = np.where(out["label"].to_numpy() == 1, 1.0, 1.0 / rate)
+    return out, rate
+
+
 def for_training(snap: Snapshot) -> Snapshot:
     """``snap`` with the features and profile rows of its labelled customers only, and of the
     profile only the lifecycle stage (the test report's slices). A trainer keeps every plan
@@ -393,10 +413,12 @@ class Trainer:
             return df.to_pandas()
 
         train, test = block(list(plan.train)), block(list(plan.tests), True)
+        m = self.settings.models
         if plan.valid:
-            return TaskFrames(plan, train, block(list(plan.valid)), test)
+            return TaskFrames(plan, sample_negatives(train, m.max_train_rows, m.seed)[0], block(list(plan.valid)), test)
         held = train["customer_id"].map(lambda c: zlib.crc32(str(c).encode()) % 5 == 0).to_numpy()
-        return TaskFrames(plan, train[~held].reset_index(drop=True), train[held].reset_index(drop=True), test)
+        fitted = sample_negatives(train[~held].reset_index(drop=True), m.max_train_rows, m.seed)[0]
+        return TaskFrames(plan, fitted, train[held].reset_index(drop=True), test)
 
     # model --------------------------------------------------------------------------------
 
@@ -414,7 +436,8 @@ class Trainer:
             raise ValueError("training and validation snapshots need both positive and negative labels")
         params = lgb_params(m)
         xt, xv = encoder.transform(x_train).astype("float64"), encoder.transform(x_valid).astype("float64")
-        dtrain = lgb.Dataset(xt, y_train, categorical_feature=cats, free_raw_data=False)
+        weight = fr.train[WEIGHT].to_numpy() if WEIGHT in fr.train.columns else None
+        dtrain = lgb.Dataset(xt, y_train, weight=weight, categorical_feature=cats, free_raw_data=False)
         dvalid = lgb.Dataset(xv, y_valid, categorical_feature=cats, reference=dtrain)
         if m.tuning_trials > 0:
             params.update(
@@ -491,6 +514,8 @@ class Trainer:
         for col in ("country", "lifecycle_stage"):
             for g, auc in group_auc(y, p, fr.test[col].fillna("unknown").to_numpy()).items():
                 metrics[f"auc_{col}_{g}"] = auc
+        if WEIGHT in fr.train.columns:  # negatives were sampled (models.max_train_rows)
+            metrics["train_negative_rate"] = float(1.0 / fr.train[WEIGHT].max())
         result = TaskResult(
             task=task,
             metrics=metrics,

@@ -43,6 +43,8 @@ from propensity.zones import CLEAN, QUARANTINE, RAW  # noqa: E402
 from propensity.zones import VALIDATION as RESULTS  # noqa: E402
 
 PARTITION_RULES = ("schema", "volume", "empty_partition", "freshness")
+#: raw rows a validation holds at once: consecutive days are validated together up to this many
+BATCH_ROWS = 1_000_000
 DQ_COLUMNS = ("dq_rule", "dq_column", "dq_reason")
 
 
@@ -306,23 +308,56 @@ class Gate:
         return outcomes
 
     def validate_table(self, table: str, dts: Sequence[str]) -> list[PartitionOutcome]:
+        """Validate ``dts`` of ``table`` in date order, :data:`BATCH_ROWS` raw rows at a time (read a
+        few partitions ahead on threads): a run over two years holds a batch, not the table."""
         tc = contract(table)
         manifests = {p["dt"]: p for p in self.lake.partitions(RAW, table)}
         counts = self._history_counts(table, sorted(manifests), dts)
         outcomes: dict[str, PartitionOutcome] = {}
+        pending: list[tuple[str, pa.Table]] = []
+        ahead = max(1, self.lake.io_threads) * 4
+        for i in range(0, len(dts), ahead):
+            window = list(dts[i : i + ahead])
+            present = [dt for dt in window if dt in manifests]
+            with ThreadPoolExecutor(self.lake.io_threads) as pool:
+                raws = dict(
+                    zip(
+                        present,
+                        pool.map(lambda dt: self.lake.read_partition(RAW, table, {"dt": dt}), present),
+                        strict=True,
+                    )
+                )
+            for dt in window:
+                if dt not in manifests:
+                    out = outcomes[dt] = PartitionOutcome(table, dt)
+                    out.critical.append("no raw partition: collection has not run for this date")
+                    self._write_result(out)
+                    log.info("%s", out.summary())
+                    continue
+                raw = raws.pop(dt)
+                assert raw is not None
+                pending.append((dt, raw))
+                if sum(r.num_rows for _, r in pending) >= BATCH_ROWS:
+                    self._validate_batch(tc, pending, counts, outcomes)
+                    pending = []
+        if pending:
+            self._validate_batch(tc, pending, counts, outcomes)
+        return [outcomes[dt] for dt in dts]
+
+    def _validate_batch(
+        self,
+        tc: TableContract,
+        raws: list[tuple[str, pa.Table]],
+        counts: dict[str, int],
+        outcomes: dict[str, PartitionOutcome],
+    ) -> None:
+        """Partition checks, row checks and the clean/quarantine writes of consecutive days;
+        ``counts`` carries each day's row count to the volume bands of the days after it."""
         profile: list[dict[str, Any]] = []
         batches: list[tuple[str, pa.Table]] = []
-        present = [dt for dt in dts if dt in manifests]
-        with ThreadPoolExecutor(self.lake.io_threads) as pool:
-            read = pool.map(lambda dt: self.lake.read_partition(RAW, table, {"dt": dt}), present)
-            raws = dict(zip(present, read, strict=True))
-        for dt in dts:
-            out = outcomes[dt] = PartitionOutcome(table, dt)
-            if dt not in manifests:
-                out.critical.append("no raw partition: collection has not run for this date")
-                continue
-            raw = raws[dt]
-            assert raw is not None
+        done: dict[str, PartitionOutcome] = {}
+        for dt, raw in raws:
+            out = outcomes[dt] = done[dt] = PartitionOutcome(tc.name, dt)
             out.rows_in = counts[dt] = raw.num_rows  # the baseline of the run's later days
             missing, extra, retyped = schema_drift(tc, raw.schema)
             _, end = _interval(dt)
@@ -331,7 +366,7 @@ class Gate:
                 wm = pc.max(raw.column(tc.watermark)).as_py()
                 if isinstance(wm, datetime):
                     lag = (end - wm).total_seconds() / 3600.0
-            lo, hi = volume_band(table, [counts[d] for d in sorted(counts) if d < dt], self.settings)
+            lo, hi = volume_band(tc.name, [counts[d] for d in sorted(counts) if d < dt], self.settings)
             profile.append(
                 {
                     "dt": dt,
@@ -352,14 +387,13 @@ class Gate:
                 batches.append((dt, tc.conform(raw)))
         prof_df = pd.DataFrame(profile)
         if len(prof_df):
-            self._apply_partition_results(tc, prof_df, outcomes)
+            self._apply_partition_results(tc, prof_df, done)
         if batches:
-            self._validate_rows(tc, batches, outcomes)
+            self._validate_rows(tc, batches, done)
         with ThreadPoolExecutor(self.lake.io_threads) as pool:
-            list(pool.map(self._write_result, outcomes.values()))
-        for out in outcomes.values():
+            list(pool.map(self._write_result, done.values()))
+        for out in done.values():
             log.info("%s", out.summary())
-        return [outcomes[dt] for dt in dts]
 
     # partition level ----------------------------------------------------------------
 
