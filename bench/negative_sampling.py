@@ -45,7 +45,7 @@ def child(home: Path, task: str, cap: int | None, seed: int, out: Path) -> None:
         out,
         y=fr.test["label"].to_numpy(),
         p=np.asarray(result.test_scores),
-        groups=fr.test["customer_id"].astype(str).to_numpy(),
+        groups=fr.test["customer_id"].astype(str).to_numpy().astype("U"),
     )
     print(
         json.dumps(

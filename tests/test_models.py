@@ -179,6 +179,13 @@ def test_sampled_negatives_keep_every_positive_and_the_weighted_label_mix() -> N
     assert abs(negatives[WEIGHT].sum() - (train["label"] == 0).sum()) < 0.05 * len(train)
     assert (out.loc[out["label"] == 1, WEIGHT] == 1.0).all()
     assert sample_negatives(train, 5_000, 7)[0].equals(out)  # the same seed, the same sample
+    # positives more than half the cap: both classes sampled to half each, weights restore the mix
+    common = train.assign(label=(rng.random(20_000) < 0.4).astype(int))
+    out, rate = sample_negatives(common, 4_000, 7)
+    assert 1_800 < out["label"].sum() < 2_200 and 1_800 < (out["label"] == 0).sum() < 2_200
+    for label in (0, 1):
+        weighted = out.loc[out["label"] == label, WEIGHT].sum()
+        assert abs(weighted - (common["label"] == label).sum()) < 0.05 * len(common)
 
 
 def test_a_training_row_cap_samples_only_the_training_rows(clean_bulk):

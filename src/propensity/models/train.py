@@ -353,19 +353,24 @@ WEIGHT = "__weight"
 
 
 def sample_negatives(train: pd.DataFrame, cap: int | None, seed: int) -> tuple[pd.DataFrame, float]:
-    """``train`` cut to about ``cap`` rows: every positive, and each negative with probability
-    ``rate``, weighted ``1 / rate`` so the weighted label mix is the population's. Returns the
-    frame and the rate (1.0: not sampled). Rare positives carry the signal; dropping
-    negatives at random changes the loss only by the weights it restores."""
+    """``train`` cut to about ``cap`` rows, each kept row weighted by the inverse of its
+    sampling rate, so the weighted label mix is the population's. Returns the frame and the
+    negatives' rate (1.0: not sampled).
+
+    Every positive is kept while that leaves at least as many negatives: rare positives carry
+    the signal. When positives are half the cap or more (repurchase on a loyal shop), both
+    classes are sampled to half the cap each, so the booster never sees a single class."""
     if cap is None or len(train) <= cap:
         return train, 1.0
     positive = (train["label"] == 1).to_numpy()
-    negatives = int((~positive).sum())
-    rate = min(1.0, max(cap - int(positive.sum()), 1) / max(negatives, 1))
-    keep = positive | (np.random.default_rng(seed).random(len(train)) < rate)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    rate_pos = 1.0 if 2 * n_pos <= cap else (cap / 2) / n_pos
+    rate_neg = min(1.0, (cap - n_pos * rate_pos) / max(n_neg, 1))
+    draw = np.random.default_rng(seed).random(len(train))
+    keep = draw < np.where(positive, rate_pos, rate_neg)
     out = train[keep].reset_index(drop=True)
-    out[WEIGHT] = np.where(out["label"].to_numpy() == 1, 1.0, 1.0 / rate)
-    return out, rate
+    out[WEIGHT] = np.where(out["label"].to_numpy() == 1, 1.0 / rate_pos, 1.0 / rate_neg)
+    return out, rate_neg
 
 
 def for_training(snap: Snapshot) -> Snapshot:
@@ -514,8 +519,11 @@ class Trainer:
         for col in ("country", "lifecycle_stage"):
             for g, auc in group_auc(y, p, fr.test[col].fillna("unknown").to_numpy()).items():
                 metrics[f"auc_{col}_{g}"] = auc
-        if WEIGHT in fr.train.columns:  # negatives were sampled (models.max_train_rows)
-            metrics["train_negative_rate"] = float(1.0 / fr.train[WEIGHT].max())
+        if WEIGHT in fr.train.columns:  # rows were sampled (models.max_train_rows)
+            negatives = fr.train["label"].to_numpy() == 0
+            metrics["train_negative_rate"] = (
+                float(1.0 / fr.train.loc[negatives, WEIGHT].iloc[0]) if negatives.any() else 1.0
+            )
         result = TaskResult(
             task=task,
             metrics=metrics,
