@@ -169,14 +169,14 @@ def _gather(
     if hist is not None and (columns is None or set(columns) <= set(hist.columns)):  # else: a contract change
         valid = hist.still_true(listing)
         files = [f for f in lake.data_files(HISTORY, table, hist.parts) if _wanted(f, buckets)] if valid else []
-        bucketed = any("buckets" in f.meta for f in files)
-        cols = None if columns is None else [*columns, PARTITION, *([BUCKET] if bucketed else [])]
+        narrow = buckets is not None and any("buckets" in f.meta for f in files)
+        cols = None if columns is None else [*columns, PARTITION, *([BUCKET] if narrow else [])]
         for f in files:
             df = _decode(lake, f, cols)
-            keep = pl.col(PARTITION).is_in(list(valid)) if len(valid) < len(hist.sources) else pl.lit(True)
-            if buckets is not None and BUCKET in df.columns:
-                keep = keep & pl.col(BUCKET).is_between(buckets.start, buckets.stop - 1)
-            frames.append(df.filter(keep).drop(BUCKET, strict=False))
+            keep = [pl.col(PARTITION).is_in(list(valid))] if len(valid) < len(hist.sources) else []
+            if narrow and BUCKET in df.columns and not set(range(*f.meta["buckets"])) <= set(buckets):  # type: ignore[arg-type]
+                keep.append(pl.col(BUCKET).is_between(buckets.start, buckets.stop - 1))  # type: ignore[union-attr]
+            frames.append((df.filter(*keep) if keep else df).drop(BUCKET, strict=False))
     rest = [p for p in listing.published if p not in valid]
     tag = tagged or bool(frames)  # history rows carry their partition: the clean ones must too
     frames += _read_partitions(lake, zone, table, rest, columns, tag)
