@@ -210,12 +210,10 @@ def bounds(lake: Lake, table: str, listing: Listing) -> dict[str, tuple[str, str
     the newest history of ``table`` (ISO strings): what a reader of some buckets does not
     see of the whole shop (where its data begins and ends)."""
     hist = History.newest(lake, table)
-    out: dict[str, tuple[str, str]] = {}
-    for p in sorted(hist.still_true(listing)) if hist else ():
-        for col, (lo, hi) in hist.bounds.get(p, {}).items():  # type: ignore[union-attr]
-            old = out.get(col)
-            out[col] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
-    return out
+    out: dict[str, list[str]] = {}
+    for p in hist.still_true(listing) if hist else ():
+        _widen(out, hist.bounds.get(p, {}))  # type: ignore[union-attr]
+    return {col: (lo, hi) for col, (lo, hi) in out.items()}
 
 
 def _owners(lake: Lake, table: str) -> pl.DataFrame | None:
@@ -230,16 +228,12 @@ def _owners(lake: Lake, table: str) -> pl.DataFrame | None:
 
 
 def _tag_buckets(df: pl.DataFrame, owners: pl.DataFrame | None) -> pl.DataFrame:
-    """``df`` with each row's customer bucket in :data:`BUCKET` (null: no known customer).
-    Each distinct customer is hashed once."""
+    """``df`` with each row's customer bucket in :data:`BUCKET` (null: no known customer)."""
     if owners is None:
         ids = df["customer_id"]
     else:
         ids = df.select("order_id").join(owners, on="order_id", how="left", maintain_order="left")["customer_id"]
-    distinct = ids.unique().drop_nulls()
-    lookup = pl.DataFrame({"__id": distinct, BUCKET: bucket_of(distinct)})
-    bucket = ids.to_frame("__id").join(lookup, on="__id", how="left", maintain_order="left")[BUCKET]
-    return df.with_columns(bucket)
+    return df.with_columns(bucket_of(ids).alias(BUCKET))
 
 
 def _ranges(rows: int, rows_per_file: int) -> int:
@@ -250,12 +244,12 @@ def _ranges(rows: int, rows_per_file: int) -> int:
     return n
 
 
-def _merge_bounds(into: dict[str, dict[str, list[str]]], more: dict[str, dict[str, list[str]]]) -> None:
-    for part, cols in more.items():
-        mine = into.setdefault(part, {})
-        for col, (lo, hi) in cols.items():
-            old = mine.get(col)
-            mine[col] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
+def _widen(into: dict[str, list[str]], more: dict[str, list[str]]) -> None:
+    """Widen each column's ``[first, last]`` in ``into`` to cover ``more``'s (ISO strings
+    of one time zone compare as the times do)."""
+    for col, (lo, hi) in more.items():
+        old = into.get(col)
+        into[col] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
 
 
 def _compact_bucketed(
@@ -295,7 +289,8 @@ def _compact_bucketed(
             if not empty:
                 empty.append(df.head(0))
             df = df if BUCKET in df.columns else _tag_buckets(df, owners)
-            _merge_bounds(bounds, _bounds(df.drop(BUCKET)))
+            for part, cols in _bounds(df.drop(BUCKET)).items():
+                _widen(bounds.setdefault(part, {}), cols)
             ranged = df.with_columns((pl.col(BUCKET) // width).fill_null(-1).alias("__range"))
             for (r,), piece in ranged.partition_by("__range", maintain_order=True, as_dict=True).items():
                 path = Path(tmp) / f"{sum(map(len, spill.values()))}.arrow"
