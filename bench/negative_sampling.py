@@ -1,9 +1,9 @@
 """What capping the training rows costs: ``models.max_train_rows`` against no cap, per task and seed.
 
-Above the cap, training samples negatives (and positives too when they are half the cap or
-more), weighting each row by the inverse of its sampling rate
-(:func:`propensity.models.train.sample_negatives`); validation, calibration and test rows
-are never sampled. For each seed (the sampling's and LightGBM's)
+Above the cap, each training snapshot is sampled to its equal share of the cap as it is
+loaded: negatives (and positives too when they are half the share or more), each row
+weighted by the inverse of its sampling rate (:func:`propensity.models.train.sample_snapshot`);
+validation, calibration and test rows are never sampled. For each seed (the sampling's and LightGBM's)
 and cap, every task is trained in a process of its own on a shop's published snapshots, and
 this prints the training rows, the fit time, the process's peak RSS, the pooled test AUC with
 its 95% interval, and the paired AUC difference to the uncapped model of the same seed, with

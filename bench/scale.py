@@ -22,6 +22,7 @@ Usage::
 
     python bench/scale.py --sizes 50000,100000,200000 --shards 4 --work /tmp/scale
     python bench/scale.py --sizes 25000 --days 365       # a quick look
+    python bench/scale.py --sizes 50000,400000 --max-train-rows 300000   # training rows capped
 """
 
 from __future__ import annotations
@@ -43,17 +44,25 @@ START = date(2024, 1, 1)
 # --- child processes: one stage each, reporting wall, peak RSS and rows --------------------
 
 
-def _settings(home: Path, shards: int):
+def _settings(home: Path, shards: int, cap: int | None = None):
     from propensity.config import Settings
 
-    return Settings(home=home, validation={"docs": False}, features={"shards": shards}, scoring={"shards": shards})
+    return Settings(
+        home=home,
+        validation={"docs": False},
+        features={"shards": shards},
+        scoring={"shards": shards},
+        models={"max_train_rows": cap},
+    )
 
 
-def child(stage: str, home: Path, shards: int, days: int, customers: int, arg: str | None) -> dict[str, Any]:
+def child(
+    stage: str, home: Path, shards: int, days: int, customers: int, arg: str | None, cap: int | None
+) -> dict[str, Any]:
     """Run one stage in this process; returns what it processed."""
     from propensity import pipeline
 
-    s = _settings(home, shards)
+    s = _settings(home, shards, cap)
     end = START + timedelta(days=days - 1)
     span = pipeline.day_range(START, end)
     t = end + timedelta(days=1)
@@ -100,6 +109,7 @@ def child(stage: str, home: Path, shards: int, days: int, customers: int, arg: s
 def run_child(stage: str, home: Path, a: argparse.Namespace, customers: int, arg: str | None = None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", stage, "--home", str(home), "--shards", str(a.shards)]
     cmd += ["--days", str(a.days), "--customers", str(customers)] + (["--arg", arg] if arg is not None else [])
+    cmd += ["--max-train-rows", str(a.max_train_rows)] if a.max_train_rows else []
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -194,13 +204,16 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=730)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--work", type=Path, default=Path("/tmp/propensity-scale"))
+    ap.add_argument(
+        "--max-train-rows", type=int, default=None, help="models.max_train_rows for the train stage (default: no cap)"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--customers", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--arg", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        out = child(a.child, a.home, a.shards, a.days, a.customers, a.arg)
+        out = child(a.child, a.home, a.shards, a.days, a.customers, a.arg, a.max_train_rows)
         out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         print(json.dumps(out, default=str))
         return

@@ -367,10 +367,10 @@ class ModelConfig(BaseModel):
     max_train_rows: int | None = Field(
         None,
         ge=1000,
-        description="cap on a task's training rows: above it negatives are sampled (and positives too when they "
-        "are half the cap or more, each class to half), each row weighted by the inverse of its sampling rate, so "
-        "the booster's time follows the cap, not the shop; validation, calibration and test rows are never "
-        "sampled (None: no cap)",
+        description="cap on a task's training rows: each training snapshot gets an equal share and is sampled as it "
+        "is loaded (negatives above the share, and positives too when they are half the share or more, each class "
+        "to half), each row weighted by the inverse of its sampling rate, so the booster's time and the trainer's "
+        "memory follow the cap, not the shop; validation, calibration and test rows are never sampled (None: no cap)",
     )
     tuning_trials: int = Field(0, ge=0, description="Optuna trials; 0 disables tuning")
     tuning_seconds: float = 300.0

@@ -118,15 +118,20 @@ def _plan(
     return SnapshotPlan(name, task.horizon_days, tuple(sorted(train)), valid, tests)
 
 
+#: a training row's sample weight: present when the training rows were sampled (``models.max_train_rows``)
+WEIGHT = "__weight"
+
+
 def stack(snapshots: list[Snapshot], task: str) -> pl.DataFrame:
-    """Features joined with the task's labelled population, one block per snapshot."""
+    """Features joined with the task's labelled population (and its sample weights, when the
+    labels carry them), one block per snapshot."""
     blocks = []
     for s in snapshots:
         lab = s.labels[task]
         if not s.complete[task]:
             raise ValueError(f"task {task}: labels of snapshot {s.snapshot} are not complete yet")
         blocks.append(
-            lab.select("customer_id", "label")
+            lab.select("customer_id", "label", *[c for c in lab.columns if c == WEIGHT])
             .join(s.features, on="customer_id", how="inner")
             .with_columns(pl.lit(s.snapshot).alias("snapshot"))
         )

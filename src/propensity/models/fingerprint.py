@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from propensity.features.training import WEIGHT
+
 #: Version tags (and run tags) carrying the fingerprint. ``data_digest`` keeps the name
 #: registered versions had before; it now digests every model input column and the label.
 DATA_DIGEST_TAG = "data_digest"
@@ -31,9 +33,9 @@ PARAMS_DIGEST_TAG = "params_digest"
 
 #: Columns that identify a row (not model inputs, but part of what "the same data" means)
 ROW_KEYS = ("customer_id", "snapshot")
-#: Columns besides the features that change what a run reports: the label, and the
-#: lifecycle stage the test AUC is broken down by.
-REPORTED = ("label", "lifecycle_stage")
+#: Columns besides the features that change the fit or what a run reports: the label, the
+#: sample weight of a capped training set, and the lifecycle stage the test AUC is broken down by.
+REPORTED = ("label", WEIGHT, "lifecycle_stage")
 #: ModelConfig fields that steer the registry gate or tracking, not the fitted model.
 NOT_MODEL_FIELDS = frozenset({"margin", "floors", "experiment"})
 #: Source files (in this package) that turn frames into a model and its evaluation.

@@ -42,7 +42,7 @@ from mlflow.exceptions import MlflowException
 from propensity.config import ModelConfig, Settings
 from propensity.features.catalogue import categorical_features, feature_names
 from propensity.features.snapshot import Snapshot, SnapshotBuilder
-from propensity.features.training import SnapshotPlan, stack
+from propensity.features.training import WEIGHT, SnapshotPlan, stack
 from propensity.models import plots
 from propensity.models.fingerprint import Fingerprint, data_digest, model_parameters, params_digest
 from propensity.models.intervals import evaluate_with_intervals
@@ -348,29 +348,45 @@ def train_booster(params: dict[str, Any], dtrain: lgb.Dataset, dvalid: lgb.Datas
     )
 
 
-#: the training frame's column of sample weights (present only when negatives were sampled)
-WEIGHT = "__weight"
-
-
-def sample_negatives(train: pd.DataFrame, cap: int | None, seed: int) -> tuple[pd.DataFrame, float]:
+def sample_negatives(train: pl.DataFrame, cap: int | None, seed: int) -> tuple[pl.DataFrame, float]:
     """``train`` cut to about ``cap`` rows, each kept row weighted by the inverse of its
     sampling rate, so the weighted label mix is the population's. Returns the frame and the
     negatives' rate (1.0: not sampled).
 
     Every positive is kept while that leaves at least as many negatives: rare positives carry
     the signal. When positives are half the cap or more (repurchase on a loyal shop), both
-    classes are sampled to half the cap each, so the booster never sees a single class."""
-    if cap is None or len(train) <= cap:
+    classes are sampled to half the cap each, so the booster never sees a single class.
+    The draw follows the frame's row order (a snapshot's labels are sorted by customer)."""
+    if cap is None or train.height <= cap:
         return train, 1.0
     positive = (train["label"] == 1).to_numpy()
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     rate_pos = 1.0 if 2 * n_pos <= cap else (cap / 2) / n_pos
     rate_neg = min(1.0, (cap - n_pos * rate_pos) / max(n_neg, 1))
-    draw = np.random.default_rng(seed).random(len(train))
+    draw = np.random.default_rng(seed).random(train.height)
     keep = draw < np.where(positive, rate_pos, rate_neg)
-    out = train[keep].reset_index(drop=True)
-    out[WEIGHT] = np.where(out["label"].to_numpy() == 1, 1.0 / rate_pos, 1.0 / rate_neg)
+    out = train.filter(pl.Series(keep)).with_columns(
+        pl.when(pl.col("label") == 1).then(1.0 / rate_pos).otherwise(1.0 / rate_neg).alias(WEIGHT)
+    )
     return out, rate_neg
+
+
+def held_out(customer_ids: pl.Series) -> np.ndarray:
+    """The fixed fifth of customers a ``features.holdout: customers`` plan keeps for early
+    stopping and calibration (a hash of the id, so the same customers in every snapshot)."""
+    return np.fromiter((zlib.crc32(str(c).encode()) % 5 == 0 for c in customer_ids), bool, len(customer_ids))
+
+
+def sample_snapshot(labels: pl.DataFrame, cap: int, seed: int, day: date, holdout: bool) -> pl.DataFrame:
+    """One training snapshot's labelled rows sampled to ``cap`` (:func:`sample_negatives`,
+    seeded by ``seed`` and the day). With a customer holdout its held-out rows are kept whole
+    (they validate) and only the others are sampled. Every row gains :data:`WEIGHT`."""
+    held = held_out(labels["customer_id"]) if holdout else np.zeros(labels.height, bool)
+    fitted, _ = sample_negatives(labels.filter(pl.Series(~held)), cap, seed + day.toordinal())
+    if WEIGHT not in fitted.columns:
+        fitted = fitted.with_columns(pl.lit(1.0).alias(WEIGHT))
+    kept = labels.filter(pl.Series(held)).with_columns(pl.lit(1.0).alias(WEIGHT))
+    return pl.concat([fitted, kept], how="vertical_relaxed").sort("customer_id")
 
 
 def for_training(snap: Snapshot) -> Snapshot:
@@ -395,35 +411,61 @@ class Trainer:
         self.settings = settings
         self.builder = builder or SnapshotBuilder(settings)
         self.snapshots: dict[date, Snapshot] = dict(snapshots or {})
+        #: the plans of the tasks being trained, known before their snapshots are loaded
+        self._plans: dict[str, SnapshotPlan] = {}
 
     # data ---------------------------------------------------------------------------------
 
     def plans(self, tasks: list[str], as_of: date | None) -> dict[str, SnapshotPlan]:
-        return self.builder.plans(tasks, as_of)
+        plans = self.builder.plans(tasks, as_of)
+        self._plans.update(plans)
+        return plans
 
     def snapshot(self, d: date, tasks: list[str]) -> Snapshot:
         """The snapshot at ``d``: the published one when its labels are final, else built in
-        memory; kept for the other tasks with only what training reads (:func:`for_training`)."""
+        memory; kept for the other tasks with only what training reads (:func:`for_training`).
+        Only the labels of the tasks whose plans use ``d`` are kept, and with
+        ``models.max_train_rows`` those of every task that trains on ``d`` are sampled first,
+        so the training snapshots held in memory follow the cap, not the shop (at 200k
+        customers they were most of training's 10 GB)."""
         if d not in self.snapshots:
-            self.snapshots[d] = for_training(self.builder.load_or_build(d, tasks))
+            snap = self.builder.load_or_build(d, tasks)
+            needed = [t for t in snap.labels if t not in self._plans or d in self._plans[t].all()]
+            labels = {t: self.training_labels(snap, t) for t in needed}
+            self.snapshots[d] = for_training(replace(snap, labels=labels))
         return self.snapshots[d]
 
+    def training_labels(self, snap: Snapshot, task: str) -> pl.DataFrame:
+        """``task``'s labels of ``snap``, sampled (:func:`sample_snapshot`) when ``snap`` is one
+        of the task's training snapshots and ``models.max_train_rows`` caps them: each of the
+        plan's training snapshots gets an equal share of the cap. The sample depends only on
+        the seed, the task and the day, so it is the same whichever task loaded the snapshot."""
+        labels = snap.labels[task]
+        plan, cap = self._plans.get(task), self.settings.models.max_train_rows
+        if cap is None or plan is None or snap.snapshot not in plan.train or WEIGHT in labels.columns:
+            return labels
+        seed = self.settings.models.seed + zlib.crc32(task.encode())
+        return sample_snapshot(labels, -(-cap // len(plan.train)), seed, snap.snapshot, not plan.valid)
+
     def frames(self, task: str, plan: SnapshotPlan, tasks: list[str]) -> TaskFrames:
-        def block(dates: list[date], with_profile: bool = False) -> pd.DataFrame:
+        self._plans.setdefault(task, plan)
+
+        def block(dates: list[date], with_profile: bool = False, training: bool = False) -> pd.DataFrame:
             snaps = [self.snapshot(d, tasks) for d in dates]
+            if training:
+                snaps = [replace(s, labels={task: self.training_labels(s, task)}) for s in snaps]
             df = stack(snaps, task)
             if with_profile:
                 prof = pl.concat([s.profiles.select("customer_id", "lifecycle_stage") for s in snaps])
                 df = df.join(prof, on="customer_id", how="left")
             return df.to_pandas()
 
-        train, test = block(list(plan.train)), block(list(plan.tests), True)
-        m = self.settings.models
+        train, test = block(list(plan.train), training=True), block(list(plan.tests), True)
         if plan.valid:
-            return TaskFrames(plan, sample_negatives(train, m.max_train_rows, m.seed)[0], block(list(plan.valid)), test)
-        held = train["customer_id"].map(lambda c: zlib.crc32(str(c).encode()) % 5 == 0).to_numpy()
-        fitted = sample_negatives(train[~held].reset_index(drop=True), m.max_train_rows, m.seed)[0]
-        return TaskFrames(plan, fitted, train[held].reset_index(drop=True), test)
+            return TaskFrames(plan, train, block(list(plan.valid)), test)
+        held = held_out(pl.Series(train["customer_id"]))
+        valid = train[held].drop(columns=[WEIGHT], errors="ignore").reset_index(drop=True)
+        return TaskFrames(plan, train[~held].reset_index(drop=True), valid, test)
 
     # model --------------------------------------------------------------------------------
 
@@ -521,9 +563,8 @@ class Trainer:
                 metrics[f"auc_{col}_{g}"] = auc
         if WEIGHT in fr.train.columns:  # rows were sampled (models.max_train_rows)
             negatives = fr.train["label"].to_numpy() == 0
-            metrics["train_negative_rate"] = (
-                float(1.0 / fr.train.loc[negatives, WEIGHT].iloc[0]) if negatives.any() else 1.0
-            )
+            weights = fr.train.loc[negatives, WEIGHT]
+            metrics["train_negative_rate"] = float(negatives.sum() / weights.sum()) if negatives.any() else 1.0
         result = TaskResult(
             task=task,
             metrics=metrics,
