@@ -126,6 +126,7 @@ def simulate(
     rows["events"] = n_events
     purchases = out.tables.get("purchases", {})
     bumps = out.tables.get("bumps", {})
+    sends = out.tables.get("sends", {})
     empty_i = np.array([], dtype=np.int64)
     Truth(
         start=start,
@@ -143,6 +144,7 @@ def simulate(
             bumps.get("value", np.array([], dtype=float)).astype(float),
         ),
         promotions=promotions,
+        sends=(sends.get("idx", empty_i).astype(np.int64), sends.get("day", empty_i).astype(np.int64)),
     ).write(settings.truth_dir)
     phases["drops+truth"] = time.perf_counter() - t2
     return SimReport(

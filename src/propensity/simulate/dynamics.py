@@ -17,6 +17,7 @@ browsing trends up before purchases; past twice the cycle, loyalty decays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -120,20 +121,30 @@ def day_no_event_probs(
     t: int,
     days_since: np.ndarray,
     bought: np.ndarray,
+    rates: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    sends: list[tuple[str, np.ndarray, np.ndarray]] | None = None,
+    coupon: float = COUPON_P,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For an alive customer on day ``t``: P(no purchase today), P(no session today).
 
     Marginalises over the campaign draw exactly (channels are exclusive, coupons are a
-    coin flip per campaign), which is what lets the oracle stay closed-form.
+    coin flip per campaign), which is what lets the oracle stay closed-form. ``rates`` maps
+    the untreated (session, purchase) chances to a campaign response's (see
+    :func:`propensity.simulate.campaigns.treated_rates`); ``sends`` replaces the day's
+    background contact mix (a campaign's own send on its day), and ``coupon`` is the chance
+    that a send carries a coupon (1 for a campaign's, which always carries its offer).
     """
     s = session_p(tr, days_since, bought, cal.season(t))
-    q = purchase_p(tr, days_since, bought, cal.promo_depth(t)) * (1.0 - CANCEL_P)
-    qc = 0.5 * (clicked_purchase_p(tr, q, True) + clicked_purchase_p(tr, q, False))
+    q = purchase_p(tr, days_since, bought, cal.promo_depth(t))
+    if rates is not None:
+        s, q = rates(s, q)
+    q = q * (1.0 - CANCEL_P)
+    qc = coupon * clicked_purchase_p(tr, q, True) + (1.0 - coupon) * clicked_purchase_p(tr, q, False)
     no_purchase_plain = 1.0 - s * q
     total_sent = np.zeros_like(s)
     p_np = np.zeros_like(s)
     p_ns = np.zeros_like(s)
-    for _ch, sent, click in contact_mix(tr, cal, t):
+    for _ch, sent, click in sends if sends is not None else contact_mix(tr, cal, t):
         total_sent += sent
         p_np += sent * ((1.0 - click) * no_purchase_plain + click * (1.0 - qc))
         p_ns += sent * (1.0 - click) * (1.0 - s)

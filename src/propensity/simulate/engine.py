@@ -121,6 +121,11 @@ class Simulator:
         self.cal = dyn.Calendar(start, days, promotions or PromotionCalendar())
         self.cat = Catalogue.draw(self.rng, products)
         self.tr = draw_traits(self.rng, customers, days)
+        # drawn or derived apart from the main stream: adding them left every other draw as it was
+        self.tr["aversion"] = camp.draw_aversion(seed, customers)
+        self.tr["basket_eur"] = camp.UNITS_PER_ORDER * camp.expected_unit_price(
+            self.cat, self.tr["aff_cum"], self.tr["price_sens"]
+        )
         self.cids = np.array([f"C{i:07d}" for i in range(customers)], dtype=object)
         self.t0_us = int(datetime(start.year, start.month, start.day, tzinfo=UTC).timestamp() * 1e6)
         self.markets = self.tr["market"]
@@ -151,6 +156,7 @@ class Simulator:
         treated_until = np.full(n, -1, dtype=np.int64)  # last day of a campaign response window
         treated_ch = np.zeros(n, dtype=np.int64)
         campaign = np.full(n, -1, dtype=np.int64)
+        sent_days: list[tuple[int, np.ndarray]] = []  # (day, customers) of campaign sends, for fatigue
 
         for t in range(self.days):
             if self.shift is not None and t == self.shift.day:
@@ -178,6 +184,7 @@ class Simulator:
                 idx, ch, code = sends
                 channel[idx], campaign[idx] = ch, code
                 treated_until[idx], treated_ch[idx] = t + camp.RESPONSE_DAYS - 1, ch
+                self._aversion(t, idx, sent_days, alive, buf, schedule)
             contacted = channel >= 0
             coupon_ch = rng.random(len(CHANNELS)) < dyn.COUPON_P
             ch_safe = np.maximum(channel, 0)
@@ -188,15 +195,18 @@ class Simulator:
             s = dyn.session_p(tr, days_since, bought, self.cal.season(t))
             if self.shift is not None and t >= self.shift.day:
                 s = np.clip(s * self.shift.sessions, 0.0, 0.9)
+            q = dyn.purchase_p(tr, days_since, bought, self.cal.promo_depth(t))
             responding = treated_until >= t
             if responding.any():
-                s = np.where(responding, np.clip(s * camp.visit_lift(open_p[np.arange(n), treated_ch]), 0, 0.9), s)
+                r = np.flatnonzero(responding)
+                sub = {k: tr[k][r] for k in ("cycle", "tau", "price_sens", "aversion")}
+                s_t, q_t = camp.treated_rates(sub, days_since[r], bought[r], open_p[r, treated_ch[r]], s[r], q[r])
+                s, q = s.copy(), q.copy()
+                s[r], q[r] = s_t, q_t
             sess = active & (clicked | (rng.random(n) < s))
-            q_ok = dyn.purchase_p(tr, days_since, bought, self.cal.promo_depth(t)) * (1.0 - dyn.CANCEL_P)
-            if responding.any():
-                q_ok = np.where(responding, np.clip(q_ok * camp.offer_lift(tr["price_sens"]), 0, 0.85), q_ok)
+            q_ok = q * (1.0 - dyn.CANCEL_P)
             qc_ok = np.where(
-                coupon_ch[ch_safe],
+                coupon_ch[ch_safe] | (campaign >= 0),  # an audience's send always carries its offer
                 dyn.clicked_purchase_p(tr, q_ok, True),
                 dyn.clicked_purchase_p(tr, q_ok, False),
             )
@@ -224,6 +234,7 @@ class Simulator:
                 buf,
                 counters,
                 schedule,
+                responding,
             )
             n_events += day_events.height
             n_sessions += len(sid) + n_a
@@ -247,6 +258,30 @@ class Simulator:
         )
 
     # ---------------------------------------------------------------------------------
+
+    def _aversion(
+        self,
+        t: int,
+        idx: np.ndarray,
+        sent_days: list[tuple[int, np.ndarray]],
+        alive: np.ndarray,
+        buf: Buffers,
+        schedule: dict,
+    ) -> None:
+        """A campaign send on day ``t`` to customers ``idx``: the averse ones among the alive get
+        a churn-hazard bump from the next day on, larger after recent sends (fatigue). The sends
+        are recorded; the oracle works the bumps out from them (``Truth.hazard_bumps``)."""
+        recent = np.zeros(self.n)
+        for day, sent in sent_days:
+            if day >= t - camp.FATIGUE_DAYS:
+                np.add.at(recent, sent, 1.0)
+        sent_days.append((t, idx))
+        buf.add("sends", idx=idx, day=np.full(len(idx), t))
+        hit = idx[(self.tr["aversion"][idx] > 0) & alive[idx]]
+        if not len(hit):
+            return
+        val = camp.aversion_bump(self.tr["aversion"][hit], recent[hit])
+        schedule.setdefault(t, []).append((hit, val))
 
     def _shift_mix(self, t: int, name: str, labels: tuple[str, ...]) -> np.ndarray | None:
         """Weights over ``labels`` from the shift's ``name`` mix on a shifted day; None otherwise."""
@@ -310,6 +345,7 @@ class Simulator:
         buf: Buffers,
         counters: dict[str, int],
         schedule: dict,
+        offer: np.ndarray,
     ) -> tuple[pl.DataFrame, int]:
         rng, tr, cat = self.rng, self.tr, self.cat
         n_reg = len(sid)
@@ -395,6 +431,7 @@ class Simulator:
             buf,
             counters,
             schedule,
+            offer,
         )
         cid_e = np.where(cust_e >= 0, self.cids[np.maximum(cust_e, 0)], None)
         pid_e = np.where(prod >= 0, self.cat.product_id[np.maximum(prod, 0)], None)
@@ -440,6 +477,7 @@ class Simulator:
         buf: Buffers,
         counters: dict[str, int],
         schedule: dict,
+        offer: np.ndarray,
     ) -> None:
         rng = self.rng
         buys = success[sid] | cancel[sid]
@@ -467,8 +505,12 @@ class Simulator:
         o_time = ev_us[purchase_pos[np.searchsorted(sess_of[purchase_pos], osess)]]
         promo = self.cal.promo_depth(t)
         has_coupon = clicked[cust] & coupon_ch[np.maximum(channel[cust], 0)]
-        disc = np.round(gross * (promo + np.where(has_coupon, dyn.COUPON_RATE, 0.0)), 2)
-        coupon_code = np.where(has_coupon, "SAVE10", np.where(promo > 0, "PROMO", None))
+        redeems = offer[cust]  # in a campaign's response window: the offer's discount, on every purchase
+        coupon_rate = np.where(redeems, camp.OFFER_DISCOUNT, np.where(has_coupon, dyn.COUPON_RATE, 0.0))
+        disc = np.round(gross * (promo + coupon_rate), 2)
+        coupon_code = np.where(
+            redeems, camp.OFFER_COUPON, np.where(has_coupon, "SAVE10", np.where(promo > 0, "PROMO", None))
+        )
         ok = success[cust]
         market = self.markets[cust]
         late_p = np.array([m.late_p for m in MARKETS])[market]
