@@ -69,7 +69,7 @@ def random_candidates(n: int, seed: int) -> pl.DataFrame:
 
 SPECS = [
     spec("win-back", 1, rank="expected_value", value="revenue_365d", max_size=400, budget=300.0),
-    spec("cross-sell", 2, task="repurchase", channels=["push", "email"], exclude_purchased_days=7),
+    spec("cross-sell", 2, task="repurchase", channels=["push", "email"], exclude_purchased_days=7, exploration=0.25),
     spec("nudge", 3, channels=["sms"], control_fraction=0.2),
 ]
 
@@ -99,7 +99,7 @@ def test_rules_always_hold(n, seed):
         if s.spec.treatment_cap() is not None:
             assert s.treatment <= s.spec.treatment_cap()
         key = "expected_value" if s.spec.rank == "expected_value" else "score"
-        vals = m.sort("rank")[key].to_numpy()
+        vals = m.filter(pl.col("selection") == "ranked").sort("rank")[key].to_numpy()
         assert np.all(vals[:-1] >= vals[1:])
         # counts add up: matched = dedup + suppressed + capped + members
         assert s.matched == s.deduplicated + sum(s.suppressed.values()) + s.capped + m.height
@@ -119,6 +119,31 @@ def test_control_fraction_within_tolerance_and_independent_per_audience():
     sels = select_all(random_candidates(40_000, 1), [spec("big", 1, max_size=50_000)], D, CAP, 0.1)
     share = sels[0].control / sels[0].members.height
     assert abs(share - 0.1) < 0.015
+
+
+def test_an_exploration_slice_is_a_random_half_treated_sample_of_the_eligible_base():
+    """Uplift models need members chosen at random: the slice's scores look like the eligible
+    base's, not like the top of the ranking, and half of it is treated; the ranked members
+    are still the top of what the slice left, and the budget counts both."""
+    cands = random_candidates(60_000, 3).with_columns(  # all contactable: the eligible base is the scored one
+        pl.lit(False).alias("global_opt_out"), pl.lit(1, pl.Int8).alias(CONSENT_COLUMN["email"])
+    )
+    aud = spec("explore", 1, max_size=8_000, exploration=0.4, rule="churn_score IS NOT NULL")
+    s = select_all(cands, [aud], D, 10, 0.1)[0]
+    m = s.members
+    explored, ranked = m.filter(pl.col("selection") == "exploration"), m.filter(pl.col("selection") == "ranked")
+    assert explored.height == round(0.4 * 8_000) and m.height == 8_000
+    assert (explored["p_treatment"] == 0.5).all() and (ranked["p_treatment"] == 0.9).all()
+    assert abs((explored["group"] == "treatment").mean() - 0.5) < 0.03
+    eligible = cands.filter(pl.col("churn_score").is_not_null())
+    assert abs(explored["score"].mean() - eligible["churn_score"].mean()) < 0.02  # not the top
+    left = eligible.filter(~pl.col("customer_id").is_in(explored["customer_id"].implode()))
+    assert ranked["score"].min() >= left["churn_score"].sort(descending=True)[ranked.height - 1]
+    again = select_all(cands, [aud], D, 10, 0.1)[0].members
+    assert again.equals(m)
+    budgeted = select_all(cands, [aud.model_copy(update={"budget": 2_000.0})], D, 10, 0.1)[0]
+    assert budgeted.treatment <= 2_000
+    assert (budgeted.members["selection"] == "exploration").sum() == explored.height  # the slice fits the budget
 
 
 def test_bad_rule_is_named():

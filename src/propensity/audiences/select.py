@@ -6,7 +6,12 @@
 * dedup: a customer is in at most one audience per date (priority order);
 * channel: the first channel in the audience's order the customer consented to;
 * control: a deterministic holdout from a hash of customer id + audience + date, so a
-  rerun draws the same control group and different audiences draw independent ones.
+  rerun draws the same control group and different audiences draw independent ones;
+* exploration (where the audience declares a share): that share of the members is a random
+  draw from the eligible base instead of the top of the ranking, split 50/50 into treatment
+  and control. Every member records how it was selected (``selection``: ``ranked`` or
+  ``exploration``) and its chance of treatment (``p_treatment``), which is what an uplift
+  model needs to learn from either kind.
 
 The candidate frame has one row per customer with the snapshot features (consents
 included), profile tags and ``<task>_score`` / ``<task>_decile`` columns, plus
@@ -41,7 +46,13 @@ MEMBER_SCHEMA = {
     "decile": pl.Int8,
     "value": pl.Float64,
     "expected_value": pl.Float64,
+    "selection": pl.String,
+    "p_treatment": pl.Float64,
 }
+#: how a member was chosen: by its rank, or in the audience's random exploration slice
+SELECTIONS = ("ranked", "exploration")
+#: an exploration slice's chance of treatment
+EXPLORATION_TREATED = 0.5
 
 
 def control_draw(ids: pl.Series, audience: str, d: date) -> np.ndarray:
@@ -144,21 +155,35 @@ def select_one(
         rank_col = "expected_value" if spec.rank == "expected_value" else score
     ranked = ranked.sort([rank_col, KEY], descending=[True, False], nulls_last=True)
     fraction = spec.control_fraction if spec.control_fraction is not None else control_fraction
-    is_control = control_draw(ranked[KEY], spec.name, d) < fraction
+    explore = exploration_slice(ranked[KEY], spec, d)
+    is_control = np.where(
+        explore,
+        control_draw(ranked[KEY], "explore:" + spec.name, d) < 1.0 - EXPLORATION_TREATED,
+        control_draw(ranked[KEY], spec.name, d) < fraction,
+    )
     treat_cap = spec.treatment_cap()
-    keep = np.arange(ranked.height) < spec.max_size
+    if treat_cap is not None:  # an exploration slice larger than the budget is cut to it as well
+        explore &= np.cumsum(explore & ~is_control) <= treat_cap
+    # the ranked members are a prefix of the ranking (a clean top-N of what exploration left);
+    # both kinds count against the size and the budget
+    order = np.flatnonzero(~explore)
+    fits = np.arange(len(order)) < spec.max_size - int(explore.sum())
     if treat_cap is not None:
-        keep &= np.cumsum(~is_control) <= treat_cap
-    # the kept rows are a prefix of the ranking, so the cut is a clean top-N
-    n = int(np.argmin(keep)) if not keep.all() else ranked.height
-    sel.capped = ranked.height - n
-    top = ranked.head(n)
+        fits &= np.cumsum(~is_control[order]) <= treat_cap - int((explore & ~is_control).sum())
+    n_ranked = int(np.argmin(fits)) if not fits.all() else len(order)
+    keep = explore.copy()
+    keep[order[:n_ranked]] = True
+    sel.capped = len(order) - n_ranked
+    top = ranked.filter(pl.Series(keep))
+    positions = np.flatnonzero(keep)
+    is_control = is_control[keep]
+    explored = explore[keep]
     members = top.select(
         pl.lit(spec.name).alias("audience"),
         pl.lit(d).alias("dt"),
         pl.col(KEY),
-        pl.Series("group", np.where(is_control[:n], "control", "treatment")),
-        pl.int_range(1, n + 1, dtype=pl.Int64).alias("rank"),
+        pl.Series("group", np.where(is_control, "control", "treatment")),
+        pl.Series("rank", positions + 1, dtype=pl.Int64),
         first_channel(top, spec.channels).alias("channel"),
         pl.lit(spec.offer.code).alias("offer"),
         pl.lit(spec.offer.cost).alias("offer_cost"),
@@ -167,9 +192,24 @@ def select_one(
         pl.col(decile).cast(pl.Int8).alias("decile"),
         pl.col("value"),
         pl.col("expected_value"),
+        pl.Series("selection", np.where(explored, "exploration", "ranked")),
+        pl.Series("p_treatment", np.where(explored, EXPLORATION_TREATED, 1.0 - fraction)),
     )
     sel.members = members.cast(MEMBER_SCHEMA)  # type: ignore[arg-type]
     return sel
+
+
+def exploration_slice(ids: pl.Series, spec: AudienceSpec, d: date) -> np.ndarray:
+    """Which of the eligible customers ``ids`` form the audience's exploration slice: the
+    ``exploration`` share of its size (of ``max_size``, or of the eligible base when smaller),
+    those with the lowest draw of a hash salted by the audience and date, so the slice is a
+    uniform random sample of the eligible base, the same on a rerun."""
+    out = np.zeros(len(ids), dtype=bool)
+    if not spec.exploration or not len(ids):
+        return out
+    n = round(spec.exploration * min(spec.max_size, len(ids)))
+    out[np.argsort(control_draw(ids, "sample:" + spec.name, d), kind="stable")[:n]] = True
+    return out
 
 
 def select_all(

@@ -69,6 +69,14 @@ class AudienceSpec(_Strict):
     offer: Offer
     exclude_purchased_days: int | None = Field(None, ge=1)
     control_fraction: float | None = Field(None, ge=0, lt=1)
+    exploration: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="share of the audience drawn at random from its eligible base (after the rule, dedup and "
+        "suppression) instead of by rank, and split 50/50 into treatment and control: unconfounded data for "
+        "uplift models (the ranked members' control group only shows the effect on the top of the ranking)",
+    )
 
     @field_validator("name")
     @classmethod
