@@ -137,6 +137,13 @@ def test_an_exploration_slice_is_a_random_half_treated_sample_of_the_eligible_ba
     assert abs((explored["group"] == "treatment").mean() - 0.5) < 0.03
     eligible = cands.filter(pl.col("churn_score").is_not_null())
     assert abs(explored["score"].mean() - eligible["churn_score"].mean()) < 0.02  # not the top
+    # balance: treatment and control of the slice look alike before treatment (standardised differences)
+    arms = explored.join(cands, on="customer_id")
+    for col in ("revenue_365d", "recency_days", "contacts_recent", "churn_score", "repurchase_score"):
+        t = arms.filter(pl.col("group") == "treatment")[col].drop_nulls().to_numpy().astype(float)
+        c = arms.filter(pl.col("group") == "control")[col].drop_nulls().to_numpy().astype(float)
+        smd = abs(t.mean() - c.mean()) / np.sqrt((t.var() + c.var()) / 2)
+        assert smd < 0.1, (col, smd)
     left = eligible.filter(~pl.col("customer_id").is_in(explored["customer_id"].implode()))
     assert ranked["score"].min() >= left["churn_score"].sort(descending=True)[ranked.height - 1]
     again = select_all(cands, [aud], D, 10, 0.1)[0].members

@@ -185,7 +185,22 @@ def print_train(s: Settings, records: list[pipeline.TrainRecord], report_path: s
 
 
 def cmd_train(s: Settings, a: argparse.Namespace) -> int:
-    """Train, evaluate, register and gate every task; print (and optionally write) the JSON report."""
+    """Train, evaluate, register and gate every task; print (and optionally write) the JSON report.
+    With ``--uplift KIND ...``, the uplift models of those campaign kinds instead."""
+    if a.uplift:
+        report = pipeline.train_uplift(s, a.uplift)
+        for r in report.values():
+            test = r["test"]
+            print(
+                f"{r['model']}: {r['learner']}-learner, {r['rounds']} rounds; test Qini {test['qini']:.5f}, "
+                f"AUUC {test['auuc']:.5f}, uplift at top 10% {test['uplift_at_10']}; "
+                f"v{r['model_version']} {'champion' if r['promoted'] else 'not promoted'}"
+            )
+        if a.report:
+            from propensity.models.train import write_report
+
+            write_report({"uplift": report}, Path(a.report))
+        return 0
     print_train(s, pipeline.train(s, a.tasks, a.as_of), a.report)
     return 0
 
@@ -349,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--tasks", nargs="+")
     tr.add_argument("--as-of", type=_date, help="test snapshot (default: the latest fully labelled)")
     tr.add_argument("--report", help="write the JSON report here")
+    tr.add_argument(
+        "--uplift",
+        nargs="+",
+        metavar="KIND",
+        help="train the uplift models of these campaign kinds (offer codes) from past campaigns instead",
+    )
 
     sc = sub.add_parser("score", parents=[common], help="score every eligible customer with the champions")
     sc.add_argument("--date", type=_date, required=True, help="snapshot date: data before this day")

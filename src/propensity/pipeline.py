@@ -304,6 +304,14 @@ def _tuned(settings: Settings, tuning_trials: int | None) -> Settings:
     return settings.model_copy(update={"models": models})
 
 
+def train_uplift(settings: Settings, kinds: Iterable[str], promote: bool = True) -> dict[str, dict[str, Any]]:
+    """Train, register and gate the uplift model of each campaign kind (an offer code, in any case)."""
+    from propensity.models.uplift_train import campaign_kind
+    from propensity.models.uplift_train import train_uplift as train_one
+
+    return {campaign_kind(k): train_one(settings, campaign_kind(k), promote=promote).report() for k in kinds}
+
+
 def train(
     settings: Settings,
     tasks: Iterable[str] | None = None,

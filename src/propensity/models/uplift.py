@@ -31,6 +31,7 @@ Metrics, all on members ranked by predicted effect (best first), counting ties a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +148,9 @@ class UpliftModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def effect(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.estimator.effect(np.asarray(x, dtype=float)), dtype=float).ravel()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*contains NaN. Causal identification", category=UserWarning)
+            return np.asarray(self.estimator.effect(np.asarray(x, dtype=float)), dtype=float).ravel()
 
 
 def fit_uplift(
@@ -180,12 +183,17 @@ def fit_uplift(
     params = dict(params or {"learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 50, "random_state": 7})
     binary = _is_binary(y)
     if learner == "t":
-        est = TLearner(models=_booster(params, rounds, binary))
+        est = TLearner(models=_booster(params, rounds, binary), allow_missing=True)
     else:
         est = XLearner(
             models=_booster(params, rounds, binary),
             cate_models=_booster(params, rounds, False),
             propensity_model=DummyClassifier(strategy="prior"),
+            allow_missing=True,  # LightGBM routes missing values itself (a customer with no orders yet)
         )
-    est.fit(y, t.astype(int), X=x)
+    with warnings.catch_warnings():
+        # econml warns that missing values may break identification; here the arms are drawn
+        # at random, whatever a feature's value or absence (a customer with no orders yet)
+        warnings.filterwarnings("ignore", message=".*contains NaN. Causal identification", category=UserWarning)
+        est.fit(y, t.astype(int), X=x)
     return UpliftModel(learner, est, binary=binary, treatment_share=float(t.mean()))
