@@ -69,6 +69,7 @@ def explored_shop(tmp_path_factory, registry) -> Settings:
                 "group": np.where(treated, "treatment", "control"),
                 "channel": "email",
                 "offer": OFFER,
+                "score": control_draw(ids, "a score that knows nothing", d),
                 "selection": "exploration",
                 "p_treatment": EXPLORATION_TREATED,
             }
@@ -86,10 +87,11 @@ def test_an_uplift_model_learns_who_the_offer_moves_and_is_gated_on_qini(explore
     kind = campaign_kind(OFFER)
     r = train_uplift(s, kind)
     assert r.n_train > 8_000 and r.n_test > 5_000  # five sends to about 2,900 contactable customers
-    assert r.learner in ("t", "x") and set(r.valid_qini) == {
-        f"{lr}:{n}" for lr in ("t", "x") for n in (100, 200, 400)
-    }
+    assert r.learner in ("t", "x") and set(r.valid_qini) == {f"{lr}:{n}" for lr in ("t", "x") for n in (100, 200, 400)}
     assert r.metrics["qini"] > 0, r.metrics  # better than random targeting, out of time
+    # the baselines: the members' (here uninformative) score, and the true effects as the ceiling
+    assert set(r.baseline_qini) == {"propensity", "oracle"}
+    assert r.baseline_qini["oracle"] > max(r.metrics["qini"], r.baseline_qini["propensity"])
     client = MlflowClient(registry.tracking_uri, registry_uri=registry.tracking_uri)
     name = uplift_model_name(kind)
     assert client.get_model_version_by_alias(name, "champion").version == r.model_version == "1"

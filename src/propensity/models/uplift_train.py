@@ -43,7 +43,13 @@ from propensity.models.uplift import META_LEARNERS, UpliftModel, fit_uplift, qin
 
 log = logging.getLogger(__name__)
 
-MEMBER_COLUMNS = ["audience", "dt", "customer_id", "group", "offer", "selection", "p_treatment"]
+MEMBER_COLUMNS = ["audience", "dt", "customer_id", "group", "channel", "offer", "score", "selection", "p_treatment"]
+#: what a member published before a column existed counts as
+MEMBER_DEFAULTS = {
+    "selection": pl.lit("ranked"),
+    "p_treatment": pl.lit(None, pl.Float64),
+    "score": pl.lit(None, pl.Float64),
+}
 
 
 def campaign_kind(offer: str) -> str:
@@ -75,7 +81,12 @@ def campaign_members(lake: Any, kind: str) -> pl.DataFrame:
         m = read_set_members(lake, part["dt"])
         if m is None:
             continue
-        for col, default in (("selection", pl.lit("ranked")), ("p_treatment", pl.lit(None, pl.Float64))):
+        defaults = {
+            "selection": pl.lit("ranked"),
+            "p_treatment": pl.lit(None, pl.Float64),
+            "score": pl.lit(None, pl.Float64),
+        }
+        for col, default in defaults.items():
             if col not in m.columns:  # published before members recorded how they were chosen
                 m = m.with_columns(default.alias(col))
         frames.append(m.select(MEMBER_COLUMNS))
@@ -192,12 +203,17 @@ class UpliftResult:
     promoted: bool = False
     decision: dict[str, Any] = field(default_factory=dict)
 
+    #: the test's Qini of other rankings: the members' propensity score, and on simulated shops the true effect
+    baseline_qini: dict[str, float | None] = field(default_factory=dict)
+    baseline_effects: dict[str, np.ndarray] = field(default_factory=dict)
+
     def report(self) -> dict[str, Any]:
         return {
             "model": uplift_model_name(self.kind),
             "learner": self.learner,
             "rounds": self.rounds,
             "test": self.metrics,
+            "baseline_qini": self.baseline_qini,
             "valid_qini": self.valid_qini,
             "n_train": self.n_train,
             "n_test": self.n_test,
@@ -237,7 +253,9 @@ def fit_and_evaluate(fr: UpliftFrames, settings: Settings) -> UpliftResult:
     model = fit_uplift(x, t, y, learner, params, rounds)
     xt = _x(fr.test, fr.features)
     effect = model.effect(xt)
-    metrics = uplift_metrics(fr.test["converted"].to_numpy(float), fr.test["treated"].to_numpy(bool), effect)
+    yt, tt = fr.test["converted"].to_numpy(float), fr.test["treated"].to_numpy(bool)
+    metrics = uplift_metrics(yt, tt, effect)
+    baselines = baseline_rankings(settings, fr)
     return UpliftResult(
         fr.kind,
         model,
@@ -249,7 +267,32 @@ def fit_and_evaluate(fr: UpliftFrames, settings: Settings) -> UpliftResult:
         len(fr.test),
         time.perf_counter() - t0,
         effect,
+        baseline_qini={k: _qini(yt, tt, v) for k, v in baselines.items()},
+        baseline_effects=baselines,
     )
+
+
+def baseline_rankings(settings: Settings, fr: UpliftFrames) -> dict[str, np.ndarray]:
+    """Other rankings of the test members: ``propensity`` (the score their audience ranked
+    them by), and on a simulated shop ``oracle`` (each member's true effect, the ceiling)."""
+    out: dict[str, np.ndarray] = {}
+    score = pd.to_numeric(fr.test["score"], errors="coerce").to_numpy(float)
+    if np.isfinite(score).all():
+        out["propensity"] = score
+    truth_dir = settings.truth_dir
+    if (truth_dir / "meta.json").exists():
+        from propensity.simulate.oracle import Truth
+
+        truth = Truth.read(truth_dir)
+        known = set(truth.customer_ids.tolist())
+        if fr.test["customer_id"].isin(known).all():
+            effect = np.zeros(len(fr.test))
+            days = fr.test["dt"].dt.date.to_numpy()
+            for (d, channel), rows in fr.test.groupby([days, fr.test["channel"]]):
+                at = rows.index.to_numpy()
+                effect[at] = truth.effects(d, rows["customer_id"].to_numpy(), channel).column("uplift").to_numpy()
+            out["oracle"] = effect
+    return out
 
 
 def _qini(y: np.ndarray, t: np.ndarray, effect: np.ndarray) -> float:
@@ -261,7 +304,7 @@ def _qini(y: np.ndarray, t: np.ndarray, effect: np.ndarray) -> float:
 # --- tracking, registry, gate --------------------------------------------------------------------
 
 
-def _qini_figure(fr: UpliftFrames, effect: np.ndarray, path: Path) -> Path:
+def _qini_figure(fr: UpliftFrames, effect: np.ndarray, baselines: dict[str, np.ndarray], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,7 +313,10 @@ def _qini_figure(fr: UpliftFrames, effect: np.ndarray, path: Path) -> Path:
     y, t = fr.test["converted"].to_numpy(float), fr.test["treated"].to_numpy(bool)
     fig, ax = plt.subplots(figsize=(5, 4))
     x, q = qini_curve(y, t, effect)
-    ax.plot(x, q * len(y), label="model")
+    ax.plot(x, q * len(y), label="uplift model")
+    for name, ranking in baselines.items():
+        bx, bq = qini_curve(y, t, ranking)
+        ax.plot(bx, bq * len(y), label=name)
     ax.plot([0, 1], [0, q[-1] * len(y)], "--", label="random")
     ax.set_xlabel("share targeted")
     ax.set_ylabel("incremental conversions")
@@ -310,10 +356,11 @@ def log_and_register(settings: Settings, fr: UpliftFrames, r: UpliftResult, prom
         )
         logged = {f"test_{k}": v for k, v in r.metrics.items() if v is not None}
         logged.update({f"valid_qini_{k.replace(':', '_')}": v for k, v in r.valid_qini.items() if np.isfinite(v)})
+        logged.update({f"test_qini_{k}": v for k, v in r.baseline_qini.items() if v is not None and np.isfinite(v)})
         logged.update({"n_train": r.n_train, "n_test": r.n_test})
         mlflow.log_metrics(logged)
         with tempfile.TemporaryDirectory() as tmp:
-            mlflow.log_artifact(str(_qini_figure(fr, r.test_effect, Path(tmp) / "qini.png")))
+            mlflow.log_artifact(str(_qini_figure(fr, r.test_effect, r.baseline_effects, Path(tmp) / "qini.png")))
             artifacts = save_model(r.model, fr.features, Path(tmp) / "model")
             info = mlflow.pyfunc.log_model(
                 name="model",
