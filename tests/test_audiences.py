@@ -153,6 +153,49 @@ def test_an_exploration_slice_is_a_random_half_treated_sample_of_the_eligible_ba
     assert (budgeted.members["selection"] == "exploration").sum() == explored.height  # the slice fits the budget
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(0, 3000), seed=st.integers(0, 2**32 - 1), threshold=st.floats(-0.05, 0.05))
+def test_sleeping_dogs_are_never_members_of_an_uplift_ranked_audience(n, seed, threshold):
+    """Whatever the ranking (uplift or incremental profit) and the threshold, nobody predicted
+    below ``min_uplift`` is selected, in treatment or control, and each is counted once."""
+    rng = np.random.default_rng(seed)
+    cands = random_candidates(n, seed).with_columns(
+        pl.Series("uplift_save10", rng.normal(0.01, 0.03, n)), pl.Series("aov_365d", rng.gamma(2.0, 30.0, n))
+    )
+    offer = Offer(code="SAVE10", cost=1.0, discount=0.1)
+    for rank in ("uplift", "incremental_profit"):
+        aud = spec("dogs", 1, rank=rank, value="aov_365d", min_uplift=threshold, offer=offer, exploration=0.2)
+        s = select_all(cands, [aud], D, CAP, 0.1)[0]
+        m = s.members.join(cands.select("customer_id", "uplift_save10"), on="customer_id")
+        assert (m["uplift_save10"] >= threshold).all()
+        eligible = cands.filter(pl.col("churn_score").is_not_null() & (pl.col("churn_decile") >= 5))
+        assert s.suppressed["negative_uplift"] <= (eligible["uplift_save10"] < threshold).sum()
+        assert s.matched == s.deduplicated + sum(s.suppressed.values()) + s.capped + m.height
+        ranked = m.filter(pl.col("selection") == "ranked").sort("rank")
+        key = ranked["uplift"] if rank == "uplift" else ranked["expected_value"]
+        assert (np.diff(key.to_numpy()) <= 0).all()
+
+
+def test_incremental_profit_prefers_the_persuadable_to_the_sure_thing():
+    cands = random_candidates(4, 0).with_columns(
+        pl.Series("churn_score", [0.9, 0.1, 0.5, 0.05]),
+        pl.Series("churn_decile", [10, 2, 6, 1]),
+        pl.Series("uplift_save10", [0.01, 0.15, 0.05, -0.02]),
+        pl.Series("aov_365d", [80.0, 80.0, 80.0, 80.0]),
+        pl.lit(False).alias("global_opt_out"),
+        pl.lit(1, pl.Int8).alias(CONSENT_COLUMN["email"]),
+        pl.lit(0).alias("contacts_recent"),
+    )
+    offer = Offer(code="SAVE10", cost=1.0, discount=0.1)
+    aud = spec("profit", 1, rank="incremental_profit", value="aov_365d", rule="TRUE", offer=offer, control_fraction=0)
+    # u*v*0.3 - 1*(p+u) - 0.1*p*v: only the persuadable pays (+2.55); the likely buyers would
+    # cost more in discount than they add (-3.03 and -3.35), and the sleeping dog would be harmed
+    s = select_all(cands, [aud], D, CAP, 0.0)[0]
+    assert s.members["customer_id"].to_list() == ["C0000001"]
+    assert s.members["expected_value"][0] == pytest.approx(0.15 * 80 * 0.3 - 0.25 - 0.1 * 0.1 * 80)
+    assert s.suppressed["negative_uplift"] == 1 and s.suppressed["unprofitable"] == 2
+
+
 def test_bad_rule_is_named():
     with pytest.raises(ValueError, match="win-back"):
         spec("win-back", 1, rule="churn_decile >=").expr()
@@ -262,7 +305,14 @@ def test_audiences_publish_rerun_identical_and_measure(scored_shop):
     for x in first.selections:
         doc = exported["exports"][x.spec.name]
         assert doc["counts"]["treatment"] == x.treatment and doc["counts"]["control"] == x.control
-        assert set(doc["counts"]["suppressed"]) == {"global_opt_out", "no_consent", "recent_purchase", "frequency_cap"}
+        assert set(doc["counts"]["suppressed"]) == {
+            "global_opt_out",
+            "no_consent",
+            "recent_purchase",
+            "frequency_cap",
+            "negative_uplift",
+            "unprofitable",
+        }
         assert doc["models"][x.spec.task]["model_version"] and doc["rule_hash"]
         csv = pl.read_csv(read_export(store, D.isoformat(), x.spec.name), infer_schema=False)
         assert csv.columns == EXPORT_COLUMNS and csv.height == x.treatment

@@ -32,7 +32,7 @@ from propensity.audiences.sets import (
     read_lake_set,
     read_set_members,
 )
-from propensity.audiences.spec import AudienceBook, load_audiences
+from propensity.audiences.spec import AudienceBook, AudienceSpec, load_audiences
 from propensity.config import Settings
 from propensity.errors import RequestError
 from propensity.features.store import SnapshotStore
@@ -150,6 +150,24 @@ def candidates(
     return c.sort(KEY), scores
 
 
+def with_uplift(settings: Settings, cands: pl.DataFrame, specs: list[AudienceSpec]) -> pl.DataFrame:
+    """``cands`` with each uplift-ranked audience's predicted effects (``uplift_<kind>``),
+    from the kind's champion uplift model on the candidates' snapshot features."""
+    kinds = sorted({s.uplift_kind() for s in specs if s.by_uplift})
+    if not kinds:
+        return cands
+    from propensity.models.uplift_train import effects_at, uplift_model_name
+
+    frame = cands.to_pandas()
+    for kind in kinds:
+        try:
+            effect = effects_at(settings, kind, frame)
+        except Exception as exc:  # no registered champion, or one that cannot read these features
+            raise RequestError(f"audiences: {uplift_model_name(kind)}@champion cannot score: {exc}") from exc
+        cands = cands.with_columns(pl.Series(f"uplift_{kind}", effect, dtype=pl.Float64))
+    return cands
+
+
 def score_models(scores: dict[str, pl.DataFrame]) -> dict[str, dict[str, Any]]:
     """Per task, the model that made its scores (name, version, run id)."""
     cols = ("model_name", "model_version", "run_id")
@@ -242,6 +260,7 @@ def build(settings: Settings, d: date, names: list[str] | None = None, dry_run: 
     rules = " ".join(s.rule for s in all_specs)
     tasks = sorted({s.task for s in all_specs} | {t for t in settings.tasks if f"{t}_" in rules})
     cands, scores = candidates(settings, lake, d, tasks, consent)
+    cands = with_uplift(settings, cands, specs)
     taken = {c for k in kept for c in k.members[KEY].to_list()}
     sel = select_all(cands, specs, d, cfg.frequency_cap, cfg.control_fraction, taken=taken)
     models = score_models(scores)

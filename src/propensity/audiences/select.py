@@ -1,7 +1,9 @@
 """The rules that always hold, as pure functions over polars frames.
 
 * suppression: global opt-out, no consent for any of the audience's channels, recent
-  purchase (where the audience asks), frequency cap across campaigns - each removed
+  purchase (where the audience asks), frequency cap across campaigns, and for audiences
+  ranked by uplift a predicted effect below ``min_uplift`` (a sleeping dog, whom a contact
+  would harm), and for those ranked by incremental profit an expected loss - each removed
   customer is counted under the first reason that applies, in that order;
 * dedup: a customer is in at most one audience per date (priority order);
 * channel: the first channel in the audience's order the customer consented to;
@@ -31,7 +33,14 @@ from propensity.audiences.spec import CONSENT_COLUMN, AudienceSpec
 from propensity.errors import RequestError
 
 KEY = "customer_id"
-SUPPRESSION_REASONS = ("global_opt_out", "no_consent", "recent_purchase", "frequency_cap")
+SUPPRESSION_REASONS = (
+    "global_opt_out",
+    "no_consent",
+    "recent_purchase",
+    "frequency_cap",
+    "negative_uplift",
+    "unprofitable",
+)
 MEMBER_SCHEMA = {
     "audience": pl.String,
     "dt": pl.Date,
@@ -48,6 +57,7 @@ MEMBER_SCHEMA = {
     "expected_value": pl.Float64,
     "selection": pl.String,
     "p_treatment": pl.Float64,
+    "uplift": pl.Float64,
 }
 #: how a member was chosen: by its rank, or in the audience's random exploration slice
 SELECTIONS = ("ranked", "exploration")
@@ -78,6 +88,8 @@ def suppression_reason(c: pl.DataFrame, spec: AudienceSpec, cap: int) -> pl.Seri
         if spec.exclude_purchased_days
         else pl.lit(False)
     )
+    profit = incremental_profit(spec, f"{spec.task}_score") if spec.rank == "incremental_profit" else None
+    loses_money = profit < 0 if profit is not None else pl.lit(False)
     expr = (
         pl.when(_flag("global_opt_out", missing=True))
         .then(pl.lit("global_opt_out"))
@@ -87,9 +99,31 @@ def suppression_reason(c: pl.DataFrame, spec: AudienceSpec, cap: int) -> pl.Seri
         .then(pl.lit("recent_purchase"))
         .when(pl.col("contacts_recent").fill_null(0) >= cap)
         .then(pl.lit("frequency_cap"))
+        .when(pl.col(uplift_column(spec)) < spec.min_uplift if spec.by_uplift else pl.lit(False))
+        .then(pl.lit("negative_uplift"))
+        .when(loses_money)
+        .then(pl.lit("unprofitable"))
         .otherwise(pl.lit(None, pl.String))
     )
     return c.select(expr.alias("reason"))["reason"]
+
+
+def uplift_column(spec: AudienceSpec) -> str:
+    """The candidate column with the predicted effect of ``spec``'s campaign kind."""
+    return f"uplift_{spec.uplift_kind()}"
+
+
+def incremental_profit(spec: AudienceSpec, score: str) -> pl.Expr:
+    """Expected profit of contacting a customer, against not contacting them:
+    ``u * v * margin - cost * (p + u) - discount * p * v - contact_cost``, with ``u`` the
+    predicted effect on P(purchase), ``p`` the task score (P(purchase) without contact), ``v``
+    the value column (an order's value), the offer's cost per redemption, the discount it gives
+    away on purchases that would have happened anyway (cannibalised), and the contact's cost."""
+    u = pl.col(uplift_column(spec))
+    p = pl.col(score)
+    v = pl.col(spec.value or "").cast(pl.Float64).fill_null(0.0)
+    o = spec.offer
+    return u * v * spec.margin - o.cost * (p + u) - o.discount * p * v - spec.contact_cost
 
 
 def first_channel(c: pl.DataFrame, channels: list[str]) -> pl.Series:
@@ -132,8 +166,16 @@ def select_one(
     for col in (score, decile):
         if col not in candidates.columns:
             raise RequestError(f"audience {spec.name!r}: column {col!r}: rule needs_scores: no {spec.task} scores")
+    ranked_by = pl.col(score).is_not_null()
+    if spec.by_uplift:
+        if uplift_column(spec) not in candidates.columns:
+            raise RequestError(
+                f"audience {spec.name!r}: rank {spec.rank} needs the predictions of "
+                f"propensity-uplift-{spec.uplift_kind()}: none were made (train it with train --uplift)"
+            )
+        ranked_by = ranked_by & pl.col(uplift_column(spec)).is_not_null()
     try:
-        matched = candidates.filter(pl.col(score).is_not_null() & spec.expr().fill_null(False))
+        matched = candidates.filter(ranked_by & spec.expr().fill_null(False))
     except pl.exceptions.PolarsError as exc:
         raise RequestError(f"audience {spec.name!r}: rule {spec.rule!r} cannot be evaluated: {exc}") from exc
     sel = Selection(spec, pl.DataFrame(schema=MEMBER_SCHEMA), matched=matched.height)
@@ -143,16 +185,21 @@ def select_one(
     sel.suppressed = {r: int((reason == r).sum()) for r in SUPPRESSION_REASONS}
     ok = fresh.filter(reason.is_null())
     value = pl.col(spec.value).cast(pl.Float64).fill_null(0.0) if spec.value else pl.lit(None, pl.Float64)
-    ranked = ok.with_columns(value.alias("value")).with_columns(
-        (pl.col(score) * pl.col("value")).alias("expected_value")
-        if spec.value
-        else pl.lit(None, pl.Float64).alias("expected_value")
-    )
+    if spec.rank == "incremental_profit":
+        worth = incremental_profit(spec, score)
+    elif spec.value:
+        worth = pl.col(score) * pl.col("value")
+    else:
+        worth = pl.lit(None, pl.Float64)
+    uplift = pl.col(uplift_column(spec)) if spec.by_uplift else pl.lit(None, pl.Float64)
+    ranked = ok.with_columns(value.alias("value")).with_columns(worth.alias("expected_value"), uplift.alias("uplift"))
     if spec.rank == "random":  # a draw independent of the control split's (different salt)
         ranked = ranked.with_columns(pl.Series("__order", control_draw(ranked[KEY], "rank:" + spec.name, d)))
         rank_col = "__order"
     else:
-        rank_col = "expected_value" if spec.rank == "expected_value" else score
+        rank_col = {"expected_value": "expected_value", "incremental_profit": "expected_value", "uplift": "uplift"}.get(
+            spec.rank, score
+        )
     ranked = ranked.sort([rank_col, KEY], descending=[True, False], nulls_last=True)
     fraction = spec.control_fraction if spec.control_fraction is not None else control_fraction
     explore = exploration_slice(ranked[KEY], spec, d)
@@ -194,6 +241,7 @@ def select_one(
         pl.col("expected_value"),
         pl.Series("selection", np.where(explored, "exploration", "ranked")),
         pl.Series("p_treatment", np.where(explored, EXPLORATION_TREATED, 1.0 - fraction)),
+        pl.col("uplift"),
     )
     sel.members = members.cast(MEMBER_SCHEMA)  # type: ignore[arg-type]
     return sel

@@ -51,6 +51,9 @@ class Offer(_Strict):
     code: str = Field(..., max_length=MAX_NAME_LENGTH)
     description: str = ""
     cost: float = Field(0.0, ge=0, description="cost per treated customer, in the base currency")
+    discount: float = Field(
+        0.0, ge=0, lt=1, description="share of the order value the offer gives away on a purchase in the window"
+    )
 
 
 class AudienceSpec(_Strict):
@@ -59,10 +62,26 @@ class AudienceSpec(_Strict):
     priority: int
     task: str
     rule: str
-    rank: Literal["score", "expected_value", "random"] = Field(
-        "score", description="random: a hash order, for benchmark or holdout audiences that ignore the model"
+    rank: Literal["score", "expected_value", "random", "uplift", "incremental_profit"] = Field(
+        "score",
+        description="random: a hash order, for benchmark or holdout audiences that ignore the model; uplift: "
+        "the predicted effect of the contact (propensity-uplift-<kind>@champion); incremental_profit: that effect "
+        "in money (see incremental_profit)",
     )
-    value: str | None = Field(None, description="value column for rank=expected_value")
+    value: str | None = Field(
+        None, description="value column (an order's value) for expected_value and incremental_profit"
+    )
+    uplift_model: str | None = Field(
+        None,
+        description="campaign kind of the uplift model for rank uplift/incremental_profit (default: the offer code)",
+    )
+    margin: float = Field(0.3, gt=0, le=1, description="gross margin on an incremental order, for incremental_profit")
+    contact_cost: float = Field(0.0, ge=0, description="cost of one contact, for incremental_profit")
+    min_uplift: float = Field(
+        0.0,
+        description="with rank uplift/incremental_profit, customers predicted below this effect (sleeping dogs) "
+        "are suppressed",
+    )
     max_size: int = Field(..., ge=1)
     budget: float | None = Field(None, gt=0)
     channels: list[str] = Field(..., min_length=1)
@@ -93,9 +112,19 @@ class AudienceSpec(_Strict):
 
     @model_validator(mode="after")
     def _value(self) -> AudienceSpec:
-        if self.rank == "expected_value" and not self.value:
-            raise ValueError("rank: expected_value needs a `value` column")
+        if self.rank in ("expected_value", "incremental_profit") and not self.value:
+            raise ValueError(f"rank: {self.rank} needs a `value` column")
         return self
+
+    @property
+    def by_uplift(self) -> bool:
+        return self.rank in ("uplift", "incremental_profit")
+
+    def uplift_kind(self) -> str:
+        """The campaign kind whose uplift model ranks this audience."""
+        from propensity.models.uplift_train import campaign_kind
+
+        return campaign_kind(self.uplift_model or self.offer.code)
 
     def expr(self) -> pl.Expr:
         try:
