@@ -1,19 +1,27 @@
-"""Does targeting by propensity pay? Incremental conversions of model-targeted vs random audiences.
+"""Target the persuadable: four arms of the same size and budget, measured against their control groups.
 
-The loop runs on the simulator, end to end through the library:
+The loop runs on the simulator (with its campaign response: persuadables, saturation, offer
+cannibalisation, sleeping dogs; :mod:`propensity.simulate.campaigns`), end to end through
+the library's stages:
 
-1. simulate a shop whose systems end the day before the first campaign date; collect,
-   validate, train the conversion model (champion);
-2. on each campaign date: score, then build two audiences of the same size on two random
-   halves of the eligible base (``customer_hash`` split): ``targeted`` takes the top
-   conversion scores, ``random`` a hash-random draw; both keep a 50% control group;
-3. re-simulate with the published audiences sent (the world is the same, the shop responds
-   to the sends) up to the next date, collect and validate the changed days, repeat;
-4. measure every audience over the 14 days after its send (treatment vs control) and pool
-   the dates; a bootstrap over members gives the interval of the ratio.
+1. simulate a shop whose systems end the day before the first campaign; collect, validate,
+   train the conversion model (champion);
+2. **exploration**: on ``--explore`` dates an ``explore`` audience sends the offer to a random
+   slice of the eligible base (``exploration: 1``: half treated, half control); the shop
+   responds (re-simulated with the sends), and the uplift model ``propensity-uplift-bench15``
+   is trained on those members (:mod:`propensity.models.uplift_train`);
+3. **four arms** on each of ``--dates`` campaign dates, each on its own quarter of the base
+   (``customer_hash``), each ``--size`` members with half held out as control:
+   ``random`` (a hash order), ``propensity`` (the conversion score), ``uplift`` (the uplift
+   model's incremental profit) and ``oracle`` (the same profit formula on the simulator's
+   true effects: the ceiling);
+4. every member's outcome over the 14 days after its send: converted, and its profit:
+   gross x margin - discounts - the offer's cost when redeemed. An arm's incremental
+   conversions and profit per 1,000 contacts are its treatment minus control means, pooled
+   over the dates; a bootstrap over members (within date, arm and group) gives the 95% intervals.
 
-Run: ``.venv/bin/python bench/uplift.py [--customers 20000] [--dates 4]``.
-Prints per-date uplift and the pooled ratio targeted / random with its 95% interval.
+Run: ``.venv/bin/python bench/uplift.py [--customers 20000] [--dates 6] [--explore 4] [--home DIR]``.
+The last line reads ``uplift/propensity profit ratio R (95% CI LO-HI); uplift share of oracle S``.
 """
 
 from __future__ import annotations
@@ -23,46 +31,84 @@ import logging
 import shutil
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from propensity.audiences import build, read_members
-from propensity.audiences.measure import outcomes, uplift
 from propensity.collect import collect
 from propensity.config import DirtConfig, Settings
 from propensity.features.build import orders_in_base
 from propensity.features.inputs import ShopData
 from propensity.lake import Lake
 from propensity.models.train import Trainer
+from propensity.models.uplift_train import train_uplift
 from propensity.scoring import score
 from propensity.simulate import simulate
+from propensity.simulate.oracle import Truth
 from propensity.validation import Gate
 
+WINDOW = 14
+OFFER = "{code: BENCH15, cost: 1.0, discount: 0.15}"  # the simulator's offer: 15% off in the window
+ARMS = ("random", "propensity", "uplift", "oracle")
+MARGIN = 0.3
 AUDIENCES = """
 audiences:
-  - name: targeted
+  - name: explore
     priority: 1
     task: conversion
-    rule: "customer_hash < 0.5"
-    rank: score
-    max_size: {size}
-    channels: [email, push, sms]
-    offer: {{code: BENCH, cost: 1.0}}
-    control_fraction: 0.5
+    rule: "TRUE"
+    rank: random
+    exploration: 1.0
+    max_size: {explore_size}
+    channels: [email]
+    offer: {offer}
   - name: random
     priority: 2
     task: conversion
-    rule: "customer_hash >= 0.5"
+    rule: "customer_hash < 0.25"
     rank: random
     max_size: {size}
-    channels: [email, push, sms]
-    offer: {{code: BENCH, cost: 1.0}}
+    channels: [email]
+    offer: {offer}
+    control_fraction: 0.5
+  - name: propensity
+    priority: 3
+    task: conversion
+    rule: "customer_hash >= 0.25 AND customer_hash < 0.5"
+    rank: score
+    max_size: {size}
+    channels: [email]
+    offer: {offer}
+    control_fraction: 0.5
+  - name: uplift
+    priority: 4
+    task: conversion
+    rule: "customer_hash >= 0.5 AND customer_hash < 0.75"
+    rank: incremental_profit
+    value: aov_365d
+    margin: {margin}
+    min_uplift: -1.0
+    max_size: {size}
+    channels: [email]
+    offer: {offer}
+    control_fraction: 0.5
+  - name: oracle
+    priority: 5
+    task: conversion
+    rule: "customer_hash >= 0.75"
+    rank: incremental_profit
+    uplift_model: oracle
+    value: aov_365d
+    margin: {margin}
+    min_uplift: -1.0
+    max_size: {size}
+    channels: [email]
+    offer: {offer}
     control_fraction: 0.5
 """
-WINDOW = 14
 
 
 def days(a: date, b: date) -> list[date]:
@@ -75,12 +121,68 @@ def refresh(s: Settings, start: date, end: date) -> None:
     Gate(s).validate(days(start, end))
 
 
+def oracle_column(s: Settings, d: date):
+    """The candidates enrichment that adds the simulator's true effect of an email send on ``d``."""
+
+    def enrich(cands: pl.DataFrame) -> pl.DataFrame:
+        truth = Truth.read(s.truth_dir)
+        known = set(truth.customer_ids.tolist())
+        ids = [c for c in cands["customer_id"].to_list() if c in known]
+        eff = pl.from_arrow(truth.effects(d, np.array(ids, dtype=object), "email")).select(
+            "customer_id", pl.col("uplift").alias("uplift_oracle")
+        )
+        return cands.join(eff, on="customer_id", how="left")
+
+    return enrich
+
+
+def member_outcomes(members: pl.DataFrame, orders: pl.DataFrame, d: date, offer_cost: float) -> pl.DataFrame:
+    """Per member: converted (a non-cancelled order in the window) and profit (base currency)."""
+    t0 = pl.lit(datetime(d.year, d.month, d.day, tzinfo=UTC)).dt.cast_time_unit("us")
+    o = orders.filter(
+        (pl.col("order_time") >= t0)
+        & (pl.col("order_time") < t0 + pl.duration(days=WINDOW))
+        & (pl.col("status") != "cancelled")
+    ).select(
+        "customer_id",
+        (pl.col("gross_amount") * pl.col("rate") * MARGIN - pl.col("discount_amount") * pl.col("rate")).alias("p"),
+    )
+    per = o.group_by("customer_id").agg(pl.len().alias("orders"), pl.col("p").sum().alias("gross_profit"))
+    out = members.select("customer_id", "group").join(per, on="customer_id", how="left")
+    out = out.with_columns(
+        (pl.col("orders").fill_null(0) > 0).alias("converted"), pl.col("gross_profit").fill_null(0.0)
+    )
+    redeemed = (pl.col("group") == "treatment") & pl.col("converted")
+    return out.with_columns(
+        (pl.col("gross_profit") - pl.when(redeemed).then(offer_cost).otherwise(0.0)).alias("profit")
+    )
+
+
+def per_thousand(parts: list[pl.DataFrame], rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """(incremental conversions, incremental profit) per 1,000 contacts, pooled over dates;
+    with ``rng``, on a bootstrap resample of each date's treatment and control groups."""
+    conv = prof = treated = 0.0
+    for part in parts:
+        t, c = part.filter(pl.col("group") == "treatment"), part.filter(pl.col("group") == "control")
+        tc, cc = t["converted"].to_numpy().astype(float), c["converted"].to_numpy().astype(float)
+        tp, cp = t["profit"].to_numpy(), c["profit"].to_numpy()
+        if rng is not None:
+            i, j = rng.integers(0, len(tc), len(tc)), rng.integers(0, len(cc), len(cc))
+            tc, tp, cc, cp = tc[i], tp[i], cc[j], cp[j]
+        conv += (tc.mean() - cc.mean()) * len(tc)
+        prof += (tp.mean() - cp.mean()) * len(tc)
+        treated += len(tc)
+    return 1000 * conv / treated, 1000 * prof / treated
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--customers", type=int, default=20_000)
-    p.add_argument("--dates", type=int, default=6)
+    p.add_argument("--explore", type=int, default=4, help="exploration dates before the arms")
+    p.add_argument("--explore-size", type=int, default=6_000, help="members of each exploration slice")
+    p.add_argument("--dates", type=int, default=6, help="campaign dates with the four arms")
     p.add_argument("--every", type=int, default=14, help="days between campaign dates")
-    p.add_argument("--size", type=int, default=300, help="members per audience and date (treatment + control)")
+    p.add_argument("--size", type=int, default=1_000, help="members per arm and date (treatment + control)")
     p.add_argument("--first", type=int, default=330, help="day index of the first campaign")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--home", type=Path, help="keep the run here (default: a temp dir, removed)")
@@ -90,83 +192,82 @@ def main() -> None:
 
     home = a.home or Path(tempfile.mkdtemp(prefix="uplift-"))
     start = date(2025, 1, 1)
-    dates = [start + timedelta(days=a.first + k * a.every) for k in range(a.dates)]
-    horizon = a.first + (a.dates - 1) * a.every + WINDOW + 1
-    conf = home / "audiences.yaml"
+    n = a.explore + a.dates
+    all_dates = [start + timedelta(days=a.first + k * a.every) for k in range(n)]
+    explore, arms = all_dates[: a.explore], all_dates[a.explore :]
+    horizon = a.first + (n - 1) * a.every + WINDOW + 1
     home.mkdir(parents=True, exist_ok=True)
-    conf.write_text(AUDIENCES.format(size=a.size))
+    conf = home / "audiences.yaml"
+    conf.write_text(AUDIENCES.format(explore_size=a.explore_size, size=a.size, offer=OFFER, margin=MARGIN))
     s = Settings(
         home=home,
         validation={"docs": False},
         tasks={"repurchase": None, "churn": None},
-        audiences={"file": str(conf), "salt": "bench-uplift", "frequency_cap": 3},
+        audiences={"file": str(conf), "salt": "bench-uplift", "frequency_cap": 20},
+        uplift={"test_campaigns": 1},
     )
     world = {"customers": a.customers, "days": horizon, "start": start, "seed": a.seed, "dirt_cfg": DirtConfig(rate=0)}
 
     t0 = time.perf_counter()
-    simulate(s, until=dates[0] - timedelta(days=1), **world)
-    refresh(s, start, dates[0] - timedelta(days=1))
-    report = Trainer(s).train(["conversion"])
-    r = report["tasks"]["conversion"]
-    took = time.perf_counter() - t0
-    print(f"setup: {a.customers:,} customers, conversion model test AUC {r['test_auc']:.3f} ({took:.0f} s)")
+    simulate(s, until=all_dates[0] - timedelta(days=1), **world)
+    refresh(s, start, all_dates[0] - timedelta(days=1))
+    r = Trainer(s).train(["conversion"])["tasks"]["conversion"]
+    print(
+        f"setup: {a.customers:,} customers, conversion test AUC {r['test_auc']:.3f} ({time.perf_counter() - t0:.0f} s)"
+    )
 
-    for k, d in enumerate(dates):
+    def campaign(k: int, d: date, names: list[str], enrich=None) -> None:
         t1 = time.perf_counter()
         if k:
             simulate(s, until=d - timedelta(days=1), campaigns=True, **world)
-            refresh(s, dates[0], d - timedelta(days=1))
+            refresh(s, all_dates[0], d - timedelta(days=1))
         score(s, d, ["conversion"])
-        run = build(s, d)
+        run = build(s, d, names, enrich=enrich)
         sizes = ", ".join(f"{x.spec.name} {x.treatment}+{x.control}" for x in run.selections)
-        print(f"{d}: audiences {sizes} ({time.perf_counter() - t1:.0f} s)")
+        print(f"{d}: {sizes} ({time.perf_counter() - t1:.0f} s)", flush=True)
 
-    last = dates[-1] + timedelta(days=WINDOW - 1)
-    simulate(s, until=last, campaigns=True, **world)
-    refresh(s, dates[0], last)
-
-    lake = Lake.open(s.lake_uri)
-    data = ShopData.load(lake)
-    orders = orders_in_base(data, s.base_currency)
-    rows: dict[str, list[pl.DataFrame]] = {"targeted": [], "random": []}
+    for k, d in enumerate(explore):
+        campaign(k, d, ["explore"])
+    simulate(s, until=arms[0] - timedelta(days=1), campaigns=True, **world)
+    refresh(s, all_dates[0], arms[0] - timedelta(days=1))
+    up = train_uplift(s, "bench15")
+    q = up.baseline_qini
     print(
-        f"\n{'date':<11} {'audience':<9} {'n_t':>5} {'n_c':>5} {'conv_t':>7} {'conv_c':>7} {'incr. conv [95% CI]':>26}"
+        f"uplift model: {up.learner}-learner, {up.rounds} rounds, {up.n_train:,} training members; out-of-time "
+        f"Qini {up.metrics['qini']:.5f} (propensity score {q.get('propensity', float('nan')):.5f}, "
+        f"oracle {q.get('oracle', float('nan')):.5f})"
     )
-    for d in dates:
-        for name in rows:
-            out = outcomes(read_members(s, name, d), orders, d, WINDOW)
-            u = uplift(name, d, WINDOW, out)
-            rows[name].append(out)
-            lo, hi = u.incremental_conversions_ci
-            print(
-                f"{d!s:<11} {name:<9} {u.n_treatment:>5} {u.n_control:>5} {u.conv_treatment:>7.1%} "
-                f"{u.conv_control:>7.1%} {u.incremental_conversions:>8.1f} [{lo:>6.1f}, {hi:>6.1f}]"
-            )
+    for k, d in enumerate(arms):
+        campaign(len(explore) + k, d, list(ARMS), enrich=oracle_column(s, d))
 
-    def pooled(parts: list[pl.DataFrame], rng: np.random.Generator | None = None) -> float:
-        total = 0.0
-        for part in parts:
-            t = part.filter(pl.col("group") == "treatment")["converted"].to_numpy()
-            c = part.filter(pl.col("group") == "control")["converted"].to_numpy()
-            if rng is not None:
-                t, c = rng.choice(t, len(t)), rng.choice(c, len(c))
-            total += (t.mean() - c.mean()) * len(t)
-        return total
+    last = arms[-1] + timedelta(days=WINDOW - 1)
+    simulate(s, until=last, campaigns=True, **world)
+    refresh(s, all_dates[0], last)
+    orders = orders_in_base(ShopData.load(Lake.open(s.lake_uri)), s.base_currency)
+    parts = {arm: [member_outcomes(read_members(s, arm, d), orders, d, 1.0) for d in arms] for arm in ARMS}
 
     rng = np.random.default_rng(0)
-    point = {n: pooled(parts) for n, parts in rows.items()}
-    boot = np.array([[pooled(rows[n], rng) for n in rows] for _ in range(2000)])
-    ratio = boot[:, 0] / np.where(boot[:, 1] > 0, boot[:, 1], np.nan)
+    point = {arm: per_thousand(ps) for arm, ps in parts.items()}
+    boot = np.array([[per_thousand(parts[arm], rng) for arm in ARMS] for _ in range(1000)])  # (B, arm, 2)
+    print(f"\nper 1,000 contacts, pooled over {len(arms)} dates ({a.size // 2} treated per arm and date):")
+    print(f"{'arm':<11} {'incr. conversions [95% CI]':>30} {'incr. profit [95% CI]':>32}")
+    for i, arm in enumerate(ARMS):
+        (c, pr), (clo, chi), (plo, phi) = point[arm], *(np.percentile(boot[:, i, j], [2.5, 97.5]) for j in (0, 1))
+        print(f"{arm:<11} {c:>9.1f} [{clo:>7.1f}, {chi:>7.1f}]      {pr:>9.1f} [{plo:>8.1f}, {phi:>8.1f}]")
+    u, pz, o = ARMS.index("uplift"), ARMS.index("propensity"), ARMS.index("oracle")
+    ratio = boot[:, u, 1] / np.where(boot[:, pz, 1] > 0, boot[:, pz, 1], np.nan)
     lo, hi = np.nanpercentile(ratio, [2.5, 97.5])
-    share_neg = float(np.mean(boot[:, 1] <= 0))
-    for i, n in enumerate(rows):
-        blo, bhi = np.percentile(boot[:, i], [2.5, 97.5])
-        print(f"pooled {n:<9} incremental conversions {point[n]:7.1f} [95% CI {blo:.1f}, {bhi:.1f}]")
-    print(
-        f"ratio targeted / random: {point['targeted'] / point['random']:.2f}x "
-        f"[bootstrap 95% CI {lo:.2f}, {hi:.2f}; random <= 0 in {share_neg:.1%} of resamples]"
-    )
+    unusable = float(np.mean(boot[:, pz, 1] <= 0))
+    r_point = point["uplift"][1] / point["propensity"][1] if point["propensity"][1] > 0 else float("nan")
+    share = point["uplift"][1] / point["oracle"][1] if point["oracle"][1] > 0 else float("nan")
+    shares = boot[:, u, 1] / np.where(boot[:, o, 1] > 0, boot[:, o, 1], np.nan)
+    slo, shi = np.nanpercentile(shares, [2.5, 97.5])
+    print(f"propensity profit <= 0 in {unusable:.1%} of resamples (the ratio is undefined there)")
+    print(f"uplift share of oracle profit: 95% CI {slo:.2f}-{shi:.2f}")
     print(f"total {time.perf_counter() - t_all:.0f} s; home {home}")
+    print(
+        f"uplift/propensity profit ratio {r_point:.2f} (95% CI {lo:.2f}-{hi:.2f}); uplift share of oracle {share:.2f}"
+    )
     if a.home is None:
         shutil.rmtree(home, ignore_errors=True)
 

@@ -188,11 +188,11 @@ def test_incremental_profit_prefers_the_persuadable_to_the_sure_thing():
     )
     offer = Offer(code="SAVE10", cost=1.0, discount=0.1)
     aud = spec("profit", 1, rank="incremental_profit", value="aov_365d", rule="TRUE", offer=offer, control_fraction=0)
-    # u*v*0.3 - 1*(p+u) - 0.1*p*v: only the persuadable pays (+2.55); the likely buyers would
-    # cost more in discount than they add (-3.03 and -3.35), and the sleeping dog would be harmed
+    # u*v*(0.3-0.1) - 0.1*p*v - 1*(p+u): only the persuadable pays (+1.35); the likely buyers
+    # would cost more in discount than they add (-8.0 and -3.95), and the sleeping dog would be harmed
     s = select_all(cands, [aud], D, CAP, 0.0)[0]
     assert s.members["customer_id"].to_list() == ["C0000001"]
-    assert s.members["expected_value"][0] == pytest.approx(0.15 * 80 * 0.3 - 0.25 - 0.1 * 0.1 * 80)
+    assert s.members["expected_value"][0] == pytest.approx(0.15 * 80 * 0.2 - 0.1 * 0.1 * 80 - 0.25)
     assert s.suppressed["negative_uplift"] == 1 and s.suppressed["unprofitable"] == 2
 
 

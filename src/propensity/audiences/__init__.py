@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -153,7 +154,7 @@ def candidates(
 def with_uplift(settings: Settings, cands: pl.DataFrame, specs: list[AudienceSpec]) -> pl.DataFrame:
     """``cands`` with each uplift-ranked audience's predicted effects (``uplift_<kind>``),
     from the kind's champion uplift model on the candidates' snapshot features."""
-    kinds = sorted({s.uplift_kind() for s in specs if s.by_uplift})
+    kinds = sorted({s.uplift_kind() for s in specs if s.by_uplift} - {c.removeprefix("uplift_") for c in cands.columns})
     if not kinds:
         return cands
     from propensity.models.uplift_train import effects_at, uplift_model_name
@@ -240,11 +241,19 @@ def kept_selections(
     return out, docs
 
 
-def build(settings: Settings, d: date, names: list[str] | None = None, dry_run: bool = False) -> AudienceRun:
+def build(
+    settings: Settings,
+    d: date,
+    names: list[str] | None = None,
+    dry_run: bool = False,
+    enrich: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+) -> AudienceRun:
     """Build (and unless ``dry_run`` publish) the declared audiences for date ``d``.
 
     ``names`` rebuilds only those audiences: the date's other published audiences keep their
-    members, take part in dedup, and the whole set is committed again as one.
+    members, take part in dedup, and the whole set is committed again as one. ``enrich``
+    adds columns to the candidates before the rules run: a benchmark gives the simulator's
+    true effects as ``uplift_oracle``, so an audience with ``uplift_model: oracle`` ranks by them.
     """
     cfg = settings.audiences
     book = load_audiences(settings.audiences_file, list(settings.tasks))
@@ -260,7 +269,7 @@ def build(settings: Settings, d: date, names: list[str] | None = None, dry_run: 
     rules = " ".join(s.rule for s in all_specs)
     tasks = sorted({s.task for s in all_specs} | {t for t in settings.tasks if f"{t}_" in rules})
     cands, scores = candidates(settings, lake, d, tasks, consent)
-    cands = with_uplift(settings, cands, specs)
+    cands = with_uplift(settings, enrich(cands) if enrich else cands, specs)
     taken = {c for k in kept for c in k.members[KEY].to_list()}
     sel = select_all(cands, specs, d, cfg.frequency_cap, cfg.control_fraction, taken=taken)
     models = score_models(scores)

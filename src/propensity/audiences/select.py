@@ -115,15 +115,16 @@ def uplift_column(spec: AudienceSpec) -> str:
 
 def incremental_profit(spec: AudienceSpec, score: str) -> pl.Expr:
     """Expected profit of contacting a customer, against not contacting them:
-    ``u * v * margin - cost * (p + u) - discount * p * v - contact_cost``, with ``u`` the
-    predicted effect on P(purchase), ``p`` the task score (P(purchase) without contact), ``v``
-    the value column (an order's value), the offer's cost per redemption, the discount it gives
-    away on purchases that would have happened anyway (cannibalised), and the contact's cost."""
+    ``u * v * (margin - discount) - discount * p * v - cost * (p + u) - contact_cost``, with
+    ``u`` the predicted effect on P(purchase), ``p`` the task score (P(purchase) without
+    contact) and ``v`` the value column (an order's value): the margin of the incremental
+    orders net of their discount, the discount given away on the orders that would have
+    happened anyway (cannibalised), the offer's cost per redemption, the contact's cost."""
     u = pl.col(uplift_column(spec))
     p = pl.col(score)
     v = pl.col(spec.value or "").cast(pl.Float64).fill_null(0.0)
     o = spec.offer
-    return u * v * spec.margin - o.cost * (p + u) - o.discount * p * v - spec.contact_cost
+    return u * v * (spec.margin - o.discount) - o.discount * p * v - o.cost * (p + u) - spec.contact_cost
 
 
 def first_channel(c: pl.DataFrame, channels: list[str]) -> pl.Series:

@@ -424,13 +424,16 @@ class Trainer:
     def snapshot(self, d: date, tasks: list[str]) -> Snapshot:
         """The snapshot at ``d``: the published one when its labels are final, else built in
         memory; kept for the other tasks with only what training reads (:func:`for_training`).
-        Only the labels of the tasks whose plans use ``d`` are kept, and with
+        Only the tasks whose plans use ``d`` are read, and with
         ``models.max_train_rows`` those of every task that trains on ``d`` are sampled first,
         so the training snapshots held in memory follow the cap, not the shop (at 200k
         customers they were most of training's 10 GB)."""
         if d not in self.snapshots:
-            snap = self.builder.load_or_build(d, tasks)
-            needed = [t for t in snap.labels if t not in self._plans or d in self._plans[t].all()]
+            # only the tasks whose plans use d: another task's labels at d may be incomplete
+            # (its horizon is longer), and asking for them rebuilt the snapshot from the whole
+            # clean zone instead of reading the published one
+            needed = [t for t in tasks if t not in self._plans or d in self._plans[t].all()]
+            snap = self.builder.load_or_build(d, needed)
             labels = {t: self.training_labels(snap, t) for t in needed}
             self.snapshots[d] = for_training(replace(snap, labels=labels))
         return self.snapshots[d]
