@@ -3,7 +3,8 @@
 * suppression: global opt-out, no consent for any of the audience's channels, recent
   purchase (where the audience asks), frequency cap across campaigns, and for audiences
   ranked by uplift a predicted effect below ``min_uplift`` (a sleeping dog, whom a contact
-  would harm), and for those ranked by incremental profit an expected loss - each removed
+  would harm), and for those ranked by incremental profit an expected profit below
+  ``min_profit`` (a loss, by default) - each removed
   customer is counted under the first reason that applies, in that order;
 * dedup: a customer is in at most one audience per date (priority order);
 * channel: the first channel in the audience's order the customer consented to;
@@ -88,8 +89,8 @@ def suppression_reason(c: pl.DataFrame, spec: AudienceSpec, cap: int) -> pl.Seri
         if spec.exclude_purchased_days
         else pl.lit(False)
     )
-    profit = incremental_profit(spec, f"{spec.task}_score") if spec.rank == "incremental_profit" else None
-    loses_money = profit < 0 if profit is not None else pl.lit(False)
+    floor = spec.min_profit if spec.rank == "incremental_profit" else None
+    loses_money = incremental_profit(spec, f"{spec.task}_score") < floor if floor is not None else pl.lit(False)
     expr = (
         pl.when(_flag("global_opt_out", missing=True))
         .then(pl.lit("global_opt_out"))

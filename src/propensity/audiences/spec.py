@@ -77,6 +77,11 @@ class AudienceSpec(_Strict):
     )
     margin: float = Field(0.3, gt=0, le=1, description="gross margin on an incremental order, for incremental_profit")
     contact_cost: float = Field(0.0, ge=0, description="cost of one contact, for incremental_profit")
+    min_profit: float | None = Field(
+        0.0,
+        description="with rank incremental_profit, contacts expected to earn less than this are suppressed "
+        "(null: none, e.g. fixed-size benchmark arms)",
+    )
     min_uplift: float = Field(
         0.0,
         description="with rank uplift/incremental_profit, customers predicted below this effect (sleeping dogs) "
