@@ -38,6 +38,28 @@ def test_campaign_kinds_and_the_out_of_time_split() -> None:
         split_dates(dates[:2], date(2025, 12, 31), 14, 2)
 
 
+def test_member_outcomes_count_the_window_and_skip_cancellations() -> None:
+    from datetime import UTC, datetime
+
+    from propensity.models.uplift_train import member_outcomes
+
+    d = date(2025, 5, 1)
+    members = pl.DataFrame({"customer_id": ["a", "b", "c", "d"], "dt": [d] * 4, "group": ["treatment"] * 4})
+    at = lambda day: datetime(2025, 5, day, 12, tzinfo=UTC)  # noqa: E731
+    orders = pl.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "c", "d"],
+            "order_time": [at(1), at(15), at(14), at(2), at(3)],
+            "status": ["paid", "paid", "paid", "cancelled", "refunded"],
+            "net": [10.0, 20.0, 30.0, 40.0, 50.0],
+        }
+    )
+    out = member_outcomes(members, orders, 14).sort("customer_id")
+    # a: on the send day; b: day 15 is past a 14-day window; c: its cancelled order does not count; d: refunded counts
+    assert out["converted"].to_list() == [True, False, True, True]
+    assert out["revenue"].to_list() == [10.0, 0.0, 30.0, 50.0]
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("uplift-mlflow")

@@ -29,7 +29,7 @@ import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,12 @@ def assemble(settings: Settings, kind: str) -> UpliftFrames:
         members["dt"].unique().to_list(), data.end.date(), cfg.window_days, cfg.test_campaigns
     )
     used = members.filter(pl.col("dt").is_in(train_dates + test_dates))
-    orders = orders_in_base(data, settings.base_currency)
+    first, last = min(train_dates), max(test_dates) + timedelta(days=cfg.window_days)
+    # between() keeps each order's latest version: a refund or cancellation updates an order
+    window = data.between(
+        datetime(first.year, first.month, first.day, tzinfo=UTC), datetime(last.year, last.month, last.day, tzinfo=UTC)
+    )
+    orders = orders_in_base(window, settings.base_currency)
     rows = member_outcomes(used, orders, cfg.window_days)
     builder = SnapshotBuilder(settings)
     feats = numeric_features()
