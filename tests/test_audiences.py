@@ -219,6 +219,13 @@ def test_uplift_statistics_cover_the_true_effect():
     assert u.incremental_revenue == pytest.approx(u.uplift_abs * u.n_treatment * 50.0)
     treated_buyers = rows.filter((pl.col("group") == "treatment") & pl.col("converted")).height
     assert u.cost == pytest.approx(2.0 * treated_buyers)
+    # per 1,000 contacts: the conversion difference, and margin x revenue difference less the cost per contact
+    assert u.conversions_per_1000 == pytest.approx(1000 * u.uplift_abs)
+    assert u.conversions_per_1000_ci == pytest.approx((1000 * u.uplift_abs_ci[0], 1000 * u.uplift_abs_ci[1]))
+    profit = 1000 * (u.incremental_revenue * 1.0 - u.cost) / u.n_treatment
+    assert u.profit_per_1000 == pytest.approx(profit)
+    assert u.profit_per_1000_ci[0] < u.profit_per_1000 < u.profit_per_1000_ci[1]
+    assert "per 1,000 contacts" in u.summary()
 
 
 # --- the chain on a small simulated shop ------------------------------------------------

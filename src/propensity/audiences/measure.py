@@ -42,6 +42,12 @@ class Uplift:
     incremental_revenue_ci: tuple[float, float]
     cost: float
     roi: float | None
+    #: per 1,000 contacts (treated members): incremental conversions, and incremental profit =
+    #: (incremental revenue x margin - cost) / contacts x 1,000, each with its 95% interval
+    conversions_per_1000: float = 0.0
+    conversions_per_1000_ci: tuple[float, float] = (0.0, 0.0)
+    profit_per_1000: float = 0.0
+    profit_per_1000_ci: tuple[float, float] = (0.0, 0.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +61,10 @@ class Uplift:
             f"(n={self.n_treatment:,}) vs control {self.conv_control:.2%} (n={self.n_control:,}); "
             f"uplift {self.uplift_abs:+.2%} [95% CI {lo:+.2%}, {hi:+.2%}], relative {rel}; "
             f"incremental conversions {self.incremental_conversions:.1f}, incremental revenue "
-            f"{self.incremental_revenue:,.2f}, cost {self.cost:,.2f}, ROI {roi}"
+            f"{self.incremental_revenue:,.2f}, cost {self.cost:,.2f}, ROI {roi}; per 1,000 contacts: "
+            f"{self.conversions_per_1000:+.1f} conversions [{self.conversions_per_1000_ci[0]:+.1f}, "
+            f"{self.conversions_per_1000_ci[1]:+.1f}], profit {self.profit_per_1000:+,.1f} "
+            f"[{self.profit_per_1000_ci[0]:+,.1f}, {self.profit_per_1000_ci[1]:+,.1f}]"
         )
 
 
@@ -106,6 +115,10 @@ def uplift(
     offer_cost = float(t.filter(pl.col("converted"))["offer_cost"].sum())
     cost = offer_cost + contact_cost * nt
     inc_rev = dr * nt
+    # profit per contact: margin on the revenue difference less the cost per contact; the
+    # cost is taken as known, so the interval is the revenue difference's, scaled by the margin
+    per_contact = dr * margin - cost / nt
+    half = Z95 * se_r * margin
     return Uplift(
         audience=audience,
         date=d.isoformat(),
@@ -126,6 +139,10 @@ def uplift(
         incremental_revenue_ci=((dr - Z95 * se_r) * nt, (dr + Z95 * se_r) * nt),
         cost=cost,
         roi=(inc_rev * margin - cost) / cost if cost > 0 else None,
+        conversions_per_1000=1000 * diff,
+        conversions_per_1000_ci=(1000 * ci[0], 1000 * ci[1]),
+        profit_per_1000=1000 * per_contact,
+        profit_per_1000_ci=(1000 * (per_contact - half), 1000 * (per_contact + half)),
     )
 
 
