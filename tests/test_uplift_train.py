@@ -41,7 +41,7 @@ def test_campaign_kinds_and_the_out_of_time_split() -> None:
 def test_member_outcomes_count_the_window_and_skip_cancellations() -> None:
     from datetime import UTC, datetime
 
-    from propensity.models.uplift_train import member_outcomes
+    from propensity.audiences.measure import member_outcomes
 
     d = date(2025, 5, 1)
     members = pl.DataFrame({"customer_id": ["a", "b", "c", "d"], "dt": [d] * 4, "group": ["treatment"] * 4})

@@ -309,7 +309,7 @@ def train_uplift(settings: Settings, kinds: Iterable[str], promote: bool = True)
     from propensity.models.uplift_train import campaign_kind
     from propensity.models.uplift_train import train_uplift as train_one
 
-    return {campaign_kind(k): train_one(settings, campaign_kind(k), promote=promote).report() for k in kinds}
+    return {kind: train_one(settings, kind, promote=promote).report() for kind in map(campaign_kind, kinds)}
 
 
 def train(

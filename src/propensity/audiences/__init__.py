@@ -25,7 +25,7 @@ import polars as pl
 from propensity.audiences.composition import Composition, compare, markdown
 from propensity.audiences.consent import latest_consent, overlay, still_contactable
 from propensity.audiences.publish import csv_bytes, pseudonymize, resolve_salt, write_crm
-from propensity.audiences.select import KEY, SUPPRESSION_REASONS, Selection, control_draw, select_all
+from propensity.audiences.select import KEY, SUPPRESSION_REASONS, UPLIFT_PREFIX, Selection, control_draw, select_all
 from propensity.audiences.sets import (
     AudienceFiles,
     check_paths,
@@ -154,7 +154,9 @@ def candidates(
 def with_uplift(settings: Settings, cands: pl.DataFrame, specs: list[AudienceSpec]) -> pl.DataFrame:
     """``cands`` with each uplift-ranked audience's predicted effects (``uplift_<kind>``),
     from the kind's champion uplift model on the candidates' snapshot features."""
-    kinds = sorted({s.uplift_kind() for s in specs if s.by_uplift} - {c.removeprefix("uplift_") for c in cands.columns})
+    kinds = sorted(
+        {s.uplift_kind() for s in specs if s.by_uplift} - {c.removeprefix(UPLIFT_PREFIX) for c in cands.columns}
+    )
     if not kinds:
         return cands
     from propensity.models.uplift_train import effects_at, uplift_model_name
@@ -165,7 +167,7 @@ def with_uplift(settings: Settings, cands: pl.DataFrame, specs: list[AudienceSpe
             effect = effects_at(settings, kind, frame)
         except Exception as exc:  # no registered champion, or one that cannot read these features
             raise RequestError(f"audiences: {uplift_model_name(kind)}@champion cannot score: {exc}") from exc
-        cands = cands.with_columns(pl.Series(f"uplift_{kind}", effect, dtype=pl.Float64))
+        cands = cands.with_columns(pl.Series(UPLIFT_PREFIX + kind, effect, dtype=pl.Float64))
     return cands
 
 

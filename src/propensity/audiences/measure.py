@@ -70,18 +70,21 @@ class Uplift:
 
 def outcomes(members: pl.DataFrame, orders: pl.DataFrame, start: date, days: int) -> pl.DataFrame:
     """Per member: converted (any non-cancelled order in the window) and revenue (``net``)."""
-    t0 = datetime(start.year, start.month, start.day, tzinfo=UTC)
-    t1 = t0 + timedelta(days=days)
-    o = orders.filter(
-        (pl.col("order_time") >= pl.lit(t0).dt.cast_time_unit("us"))
-        & (pl.col("order_time") < pl.lit(t1).dt.cast_time_unit("us"))
-        & (pl.col("status") != "cancelled")
+    sent = members.select("customer_id", "group", "offer_cost").with_columns(pl.lit(start).alias("dt"))
+    return member_outcomes(sent, orders, days).drop("dt")
+
+
+def member_outcomes(members: pl.DataFrame, orders: pl.DataFrame, window: int) -> pl.DataFrame:
+    """``members`` (each with the date ``dt`` it was sent on) with ``orders`` and ``revenue``
+    (``net``) of its non-cancelled orders in ``[dt, dt + window)``, and ``converted``."""
+    o = orders.filter(pl.col("status") != "cancelled").select(
+        "customer_id", pl.col("order_time").dt.date().alias("day"), "net"
     )
-    per = o.group_by("customer_id").agg(pl.len().alias("orders"), pl.col("net").sum().alias("revenue"))
-    return (
-        members.select("customer_id", "group", "offer_cost")
-        .join(per, on="customer_id", how="left")
-        .with_columns((pl.col("orders").fill_null(0) > 0).alias("converted"), pl.col("revenue").fill_null(0.0))
+    joined = members.select("customer_id", "dt").unique().join(o, on="customer_id", how="inner")
+    inside = joined.filter((pl.col("day") >= pl.col("dt")) & (pl.col("day") < pl.col("dt") + pl.duration(days=window)))
+    per = inside.group_by("customer_id", "dt").agg(pl.len().alias("orders"), pl.col("net").sum().alias("revenue"))
+    return members.join(per, on=["customer_id", "dt"], how="left").with_columns(
+        (pl.col("orders").fill_null(0) > 0).alias("converted"), pl.col("revenue").fill_null(0.0)
     )
 
 

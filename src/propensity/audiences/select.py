@@ -62,6 +62,8 @@ MEMBER_SCHEMA = {
 }
 #: how a member was chosen: by its rank, or in the audience's random exploration slice
 SELECTIONS = ("ranked", "exploration")
+#: candidate columns with a campaign kind's predicted effect: ``uplift_<kind>``
+UPLIFT_PREFIX = "uplift_"
 #: an exploration slice's chance of treatment
 EXPLORATION_TREATED = 0.5
 
@@ -111,7 +113,7 @@ def suppression_reason(c: pl.DataFrame, spec: AudienceSpec, cap: int) -> pl.Seri
 
 def uplift_column(spec: AudienceSpec) -> str:
     """The candidate column with the predicted effect of ``spec``'s campaign kind."""
-    return f"uplift_{spec.uplift_kind()}"
+    return UPLIFT_PREFIX + spec.uplift_kind()
 
 
 def incremental_profit(spec: AudienceSpec, score: str) -> pl.Expr:
@@ -241,7 +243,7 @@ def select_one(
         pl.col(decile).cast(pl.Int8).alias("decile"),
         pl.col("value"),
         pl.col("expected_value"),
-        pl.Series("selection", np.where(explored, "exploration", "ranked")),
+        pl.Series("selection", np.where(explored, SELECTIONS[1], SELECTIONS[0])),
         pl.Series("p_treatment", np.where(explored, EXPLORATION_TREATED, 1.0 - fraction)),
         pl.col("uplift"),
     )

@@ -32,10 +32,12 @@ and calibration. The test stays out of time either way.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+import numpy as np
 import polars as pl
 
 from propensity.config import FeatureConfig, TaskConfig
@@ -116,6 +118,13 @@ def _plan(
     if not train or (valid and valid[0] < earliest) or len(train) < m:
         return None
     return SnapshotPlan(name, task.horizon_days, tuple(sorted(train)), valid, tests)
+
+
+def held_out(customer_ids: Iterable[object]) -> np.ndarray:
+    """The fixed fifth of customers a ``features.holdout: customers`` plan (and an uplift
+    model's validation) keeps apart: a hash of the id, so the same customers in every snapshot."""
+    ids = list(customer_ids)
+    return np.fromiter((zlib.crc32(str(c).encode()) % 5 == 0 for c in ids), bool, len(ids))
 
 
 #: a training row's sample weight: present when the training rows were sampled (``models.max_train_rows``)

@@ -42,7 +42,7 @@ from mlflow.exceptions import MlflowException
 from propensity.config import ModelConfig, Settings
 from propensity.features.catalogue import categorical_features, feature_names
 from propensity.features.snapshot import Snapshot, SnapshotBuilder
-from propensity.features.training import WEIGHT, SnapshotPlan, stack
+from propensity.features.training import WEIGHT, SnapshotPlan, held_out, stack
 from propensity.models import plots
 from propensity.models.fingerprint import Fingerprint, data_digest, model_parameters, params_digest
 from propensity.models.intervals import evaluate_with_intervals
@@ -371,12 +371,6 @@ def sample_negatives(train: pl.DataFrame, cap: int | None, seed: int) -> tuple[p
     return out, rate_neg
 
 
-def held_out(customer_ids: pl.Series) -> np.ndarray:
-    """The fixed fifth of customers a ``features.holdout: customers`` plan keeps for early
-    stopping and calibration (a hash of the id, so the same customers in every snapshot)."""
-    return np.fromiter((zlib.crc32(str(c).encode()) % 5 == 0 for c in customer_ids), bool, len(customer_ids))
-
-
 def sample_snapshot(labels: pl.DataFrame, cap: int, seed: int, day: date, holdout: bool) -> pl.DataFrame:
     """One training snapshot's labelled rows sampled to ``cap`` (:func:`sample_negatives`,
     seeded by ``seed`` and the day). With a customer holdout its held-out rows are kept whole
@@ -466,7 +460,7 @@ class Trainer:
         train, test = block(list(plan.train), training=True), block(list(plan.tests), True)
         if plan.valid:
             return TaskFrames(plan, train, block(list(plan.valid)), test)
-        held = held_out(pl.Series(train["customer_id"]))
+        held = held_out(train["customer_id"])
         valid = train[held].drop(columns=[WEIGHT], errors="ignore").reset_index(drop=True)
         return TaskFrames(plan, train[~held].reset_index(drop=True), valid, test)
 

@@ -32,7 +32,7 @@ Metrics, all on members ranked by predicted effect (best first), counting ties a
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -132,6 +132,14 @@ def _booster(params: dict[str, Any], rounds: int, binary: bool) -> Any:
     return LGBMRegressor(n_estimators=rounds, objective="cross_entropy" if binary else "regression", verbose=-1, **p)
 
 
+def feature_matrix(frame: Any, features: list[str]) -> np.ndarray:
+    """The float matrix the learners take: ``features`` of a pandas frame, numbers as float64
+    (a value that is not a number, or is missing, as NaN)."""
+    import pandas as pd
+
+    return frame[features].apply(pd.to_numeric, errors="coerce").astype("float64").to_numpy()
+
+
 def _is_binary(y: np.ndarray) -> bool:
     return bool(np.isin(np.unique(y), (0.0, 1.0)).all())
 
@@ -144,8 +152,6 @@ class UpliftModel:
     learner: str
     estimator: Any
     binary: bool = True
-    treatment_share: float = 0.5
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def effect(self, x: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
@@ -196,4 +202,4 @@ def fit_uplift(
         # at random, whatever a feature's value or absence (a customer with no orders yet)
         warnings.filterwarnings("ignore", message=".*contains NaN. Causal identification", category=UserWarning)
         est.fit(y, t.astype(int), X=x)
-    return UpliftModel(learner, est, binary=binary, treatment_share=float(t.mean()))
+    return UpliftModel(learner, est, binary=binary)

@@ -15,7 +15,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from propensity.models.uplift import UpliftModel
+from propensity.models.uplift import UpliftModel, feature_matrix
 
 
 def save_model(model: UpliftModel, features: list[str], folder: Path) -> dict[str, str]:
@@ -34,5 +34,4 @@ class UpliftPyfunc(mlflow.pyfunc.PythonModel):
         self.features: list[str] = json.loads(Path(context.artifacts["features"]).read_text())
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
-        x = model_input[self.features].apply(pd.to_numeric, errors="coerce").astype("float64").to_numpy()
-        return self.model.effect(x)
+        return self.model.effect(feature_matrix(model_input, self.features))

@@ -27,7 +27,6 @@ import logging
 import re
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -37,9 +36,11 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from propensity.audiences.measure import member_outcomes
 from propensity.config import Settings
 from propensity.errors import RequestError
-from propensity.models.uplift import META_LEARNERS, UpliftModel, fit_uplift, qini_curve, uplift_metrics
+from propensity.features.training import held_out
+from propensity.models.uplift import UpliftModel, feature_matrix, fit_uplift, qini_curve, uplift_metrics
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +97,6 @@ def campaign_members(lake: Any, kind: str) -> pl.DataFrame:
     kinds = members["offer"].unique().to_list()
     ours = [o for o in kinds if o is not None and campaign_kind(o) == kind]
     return members.filter(pl.col("offer").is_in(ours))
-
-
-def member_outcomes(members: pl.DataFrame, orders: pl.DataFrame, window: int) -> pl.DataFrame:
-    """``members`` with ``converted`` (a non-cancelled order in ``[dt, dt + window)``) and its ``revenue``."""
-    o = orders.filter(pl.col("status") != "cancelled").select(
-        "customer_id", pl.col("order_time").dt.date().alias("day"), "net"
-    )
-    joined = members.select("customer_id", "dt").unique().join(o, on="customer_id", how="inner")
-    inside = joined.filter((pl.col("day") >= pl.col("dt")) & (pl.col("day") < pl.col("dt") + pl.duration(days=window)))
-    per = inside.group_by("customer_id", "dt").agg(pl.len().alias("orders"), pl.col("net").sum().alias("revenue"))
-    return members.join(per, on=["customer_id", "dt"], how="left").with_columns(
-        (pl.col("orders").fill_null(0) > 0).alias("converted"), pl.col("revenue").fill_null(0.0)
-    )
 
 
 @dataclass
@@ -184,14 +172,6 @@ def assemble(settings: Settings, kind: str) -> UpliftFrames:
     )
 
 
-def _x(df: pd.DataFrame, feats: list[str]) -> np.ndarray:
-    return df[feats].apply(pd.to_numeric, errors="coerce").astype("float64").to_numpy()
-
-
-def _held(ids: pd.Series) -> np.ndarray:
-    return np.fromiter((zlib.crc32(str(c).encode()) % 5 == 0 for c in ids), bool, len(ids))
-
-
 @dataclass
 class UpliftResult:
     kind: str
@@ -235,8 +215,12 @@ def fit_and_evaluate(fr: UpliftFrames, settings: Settings) -> UpliftResult:
     t0 = time.perf_counter()
     if len(fr.train) < cfg.min_members:
         raise RequestError(f"uplift {fr.kind}: {len(fr.train)} training members, fewer than {cfg.min_members}")
-    x, t, y = _x(fr.train, fr.features), fr.train["treated"].to_numpy(bool), fr.train["converted"].to_numpy(float)
-    held = _held(fr.train["customer_id"])
+    x, t, y = (
+        feature_matrix(fr.train, fr.features),
+        fr.train["treated"].to_numpy(bool),
+        fr.train["converted"].to_numpy(float),
+    )
+    held = held_out(fr.train["customer_id"])
     params = {
         "learning_rate": cfg.learning_rate,
         "num_leaves": cfg.num_leaves,
@@ -248,15 +232,13 @@ def fit_and_evaluate(fr: UpliftFrames, settings: Settings) -> UpliftResult:
     }
     valid_qini: dict[str, float] = {}
     for learner in cfg.learners:
-        if learner not in META_LEARNERS:
-            raise RequestError(f"uplift.learners: unknown learner {learner!r}; known: {list(META_LEARNERS)}")
         for rounds in cfg.rounds:
             m = fit_uplift(x[~held], t[~held], y[~held], learner, params, rounds)
             valid_qini[f"{learner}:{rounds}"] = _qini(y[held], t[held], m.effect(x[held]))
     best = max(valid_qini, key=lambda k: valid_qini[k])
     learner, rounds = best.split(":")[0], int(best.split(":")[1])
     model = fit_uplift(x, t, y, learner, params, rounds)
-    xt = _x(fr.test, fr.features)
+    xt = feature_matrix(fr.test, fr.features)
     effect = model.effect(xt)
     yt, tt = fr.test["converted"].to_numpy(float), fr.test["treated"].to_numpy(bool)
     metrics = uplift_metrics(yt, tt, effect)
