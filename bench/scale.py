@@ -23,6 +23,7 @@ Usage::
     python bench/scale.py --sizes 50000,100000,200000 --shards 4 --work /tmp/scale
     python bench/scale.py --sizes 25000 --days 365       # a quick look
     python bench/scale.py --sizes 50000,400000 --max-train-rows 300000   # training rows capped
+    python bench/scale.py --sizes 50000,1000000 --max-train-rows 400000 --max-eval-rows 400000 --resume
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ START = date(2024, 1, 1)
 # --- child processes: one stage each, reporting wall, peak RSS and rows --------------------
 
 
-def _settings(home: Path, shards: int, cap: int | None = None):
+def _settings(home: Path, shards: int, cap: int | None = None, eval_cap: int | None = None):
     from propensity.config import Settings
 
     return Settings(
@@ -52,17 +53,24 @@ def _settings(home: Path, shards: int, cap: int | None = None):
         validation={"docs": False},
         features={"shards": shards},
         scoring={"shards": shards},
-        models={"max_train_rows": cap},
+        models={"max_train_rows": cap, "max_eval_rows": eval_cap},
     )
 
 
 def child(
-    stage: str, home: Path, shards: int, days: int, customers: int, arg: str | None, cap: int | None
+    stage: str,
+    home: Path,
+    shards: int,
+    days: int,
+    customers: int,
+    arg: str | None,
+    cap: int | None,
+    eval_cap: int | None = None,
 ) -> dict[str, Any]:
     """Run one stage in this process; returns what it processed."""
     from propensity import pipeline
 
-    s = _settings(home, shards, cap)
+    s = _settings(home, shards, cap, eval_cap)
     end = START + timedelta(days=days - 1)
     span = pipeline.day_range(START, end)
     t = end + timedelta(days=1)
@@ -110,6 +118,7 @@ def run_child(stage: str, home: Path, a: argparse.Namespace, customers: int, arg
     cmd = [sys.executable, __file__, "--child", stage, "--home", str(home), "--shards", str(a.shards)]
     cmd += ["--days", str(a.days), "--customers", str(customers)] + (["--arg", arg] if arg is not None else [])
     cmd += ["--max-train-rows", str(a.max_train_rows)] if a.max_train_rows else []
+    cmd += ["--max-eval-rows", str(a.max_eval_rows)] if a.max_eval_rows else []
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -138,13 +147,21 @@ def one_size(customers: int, a: argparse.Namespace) -> list[tuple[str, float, fl
     rows: list[tuple[str, float, float, str]] = []
 
     def stage(name: str, arg: str | None = None, label: str | None = None) -> dict[str, Any]:
-        r = run_child(name, home, a, customers, arg)
+        # Each stage's result is kept beside the shop, so ``--resume`` can continue a long run
+        # (a 1M-customer shop takes about an hour) from the first stage that did not finish.
+        kept = home / ".bench" / f"{(label or name).replace('/', '-').replace(' ', '_')}.json"
+        if a.resume and kept.exists():
+            r = json.loads(kept.read_text())
+        else:
+            r = run_child(name, home, a, customers, arg)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps(r, default=str))
         rows.append((label or name, r["wall"], r["rss_mb"], r.get("note", "")))
         print(f"  {label or name:<22} {r['wall']:8.1f} s  {r['rss_mb']:8.0f} MB", flush=True)
         return r
 
     print(f"\n{customers:,} customers x {a.days} days under {home}", flush=True)
-    if not (home / "lake" / "clean").exists():
+    if a.resume or not (home / "lake" / "clean").exists():
         for name in ("simulate", "collect", "validate"):
             stage(name)
     stage("features plan")
@@ -207,13 +224,19 @@ def main() -> None:
     ap.add_argument(
         "--max-train-rows", type=int, default=None, help="models.max_train_rows for the train stage (default: no cap)"
     )
+    ap.add_argument(
+        "--max-eval-rows", type=int, default=None, help="models.max_eval_rows for the train stage (default: no cap)"
+    )
+    ap.add_argument(
+        "--resume", action="store_true", help="reuse the stage results kept under each shop from an earlier run"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--customers", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--arg", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        out = child(a.child, a.home, a.shards, a.days, a.customers, a.arg, a.max_train_rows)
+        out = child(a.child, a.home, a.shards, a.days, a.customers, a.arg, a.max_train_rows, a.max_eval_rows)
         out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         print(json.dumps(out, default=str))
         return

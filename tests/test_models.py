@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -82,6 +83,8 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     assert r["model_version"] == "1" and r["promoted"] is True
     assert r["test_auc"] > 0.7 and r["oracle_auc"] is not None and r["oracle_auc"] >= r["test_auc"] - 0.05
     assert r["test_auc"] > max(v for v in r["baseline_auc"].values() if v is not None) - 0.02
+    # BG/NBD, what a practitioner fits on an order log, is a baseline of every report
+    assert {"btyd", "btyd_p_alive"} <= set(r["baseline_auc"]) and 0.5 < r["baseline_auc"]["btyd"] < r["test_auc"]
     assert 0 <= r["ece"] < 0.1
     # pooled out-of-time test: every metric with its 95% interval, baselines as paired differences
     iv = r["intervals"]
@@ -103,6 +106,7 @@ def test_train_register_gate_and_reload(shop, mlflow_server, s3_server, tmp_path
     assert {"test_auc", "test_pr_auc", "test_ece", "test_lift_top10", "baseline_logreg_rfm_auc", "oracle_auc"} <= set(
         child.data.metrics
     )
+    assert {"baseline_btyd_auc", "baseline_btyd_p_alive_auc", "baseline_btyd_auc_diff_low"} <= set(child.data.metrics)
     assert {"test_auc_low", "test_auc_high", "test_ece_high", "baseline_recency_frequency_auc_diff_low"} <= set(
         child.data.metrics
     )
@@ -223,6 +227,37 @@ def test_a_training_row_cap_samples_only_the_training_rows(clean_bulk):
     # a fitted, weighted booster that ranks (on this small shop it stops after a few rounds)
     assert result.test_scores is not None and len(np.unique(result.test_scores)) > 1
     assert result.metrics["auc"] > 0.55
+
+
+def test_an_evaluation_row_cap_keeps_the_same_customers_in_every_snapshot(clean_bulk):
+    """With models.max_eval_rows each validation and test snapshot keeps its split's share of
+    the cap as a uniform sample of customers: unweighted, the same customers across snapshots
+    (so the bootstrap still groups a customer's pooled rows), and the training rows untouched."""
+    t = Trainer(clean_bulk)
+    plan = t.plans(["churn"], None)["churn"]
+    whole = t.frames("churn", plan, ["churn"])
+    cap = len(whole.test) // 2
+    models = clean_bulk.models.model_copy(update={"max_eval_rows": cap})
+    capped = Trainer(clean_bulk.model_copy(update={"models": models}))
+    fr = capped.frames("churn", capped.plans(["churn"], None)["churn"], ["churn"])
+    pd.testing.assert_frame_equal(fr.train, whole.train)
+    for got, full, split in ((fr.test, whole.test, plan.tests), (fr.valid, whole.valid, plan.valid)):
+        assert len(got) <= len(full) and WEIGHT not in got.columns
+        share = -(-cap // len(split))
+        per_snapshot = got.groupby("snapshot").size()
+        assert (per_snapshot < 1.2 * share).all(), per_snapshot
+        # a uniform sample: the label rate stays the population's (within sampling error)
+        n = len(got)
+        assert abs(got["label"].mean() - full["label"].mean()) < 4 * np.sqrt(0.25 / n) + 1e-9
+    # the same customers in every snapshot: of the customers two test snapshots share, those the
+    # lower-rate snapshot keeps are kept by the other too
+    full = {d: set(g["customer_id"]) for d, g in whole.test.groupby("snapshot")}
+    kept = {d: set(g["customer_id"]) for d, g in fr.test.groupby("snapshot")}
+    by_rate = sorted(kept, key=lambda d: -(-cap // len(plan.tests)) / len(full[d]))
+    for low, high in itertools.pairwise(by_rate):
+        common = full[low] & full[high]
+        assert kept[low] & common <= kept[high] and kept[low] & common
+    assert len(fr.test) < 0.8 * len(whole.test)
 
 
 @pytest.mark.skipif(not ONLINE_SHOPPERS.exists(), reason="Online Shoppers dataset not present in ../shared/datasets")

@@ -376,7 +376,16 @@ class ModelConfig(BaseModel):
         description="cap on a task's training rows: each training snapshot gets an equal share and is sampled as it "
         "is loaded (negatives above the share, and positives too when they are half the share or more, each class "
         "to half), each row weighted by the inverse of its sampling rate, so the booster's time and the trainer's "
-        "memory follow the cap, not the shop; validation, calibration and test rows are never sampled (None: no cap)",
+        "memory follow the cap, not the shop; validation, calibration and test rows are sampled only by "
+        "models.max_eval_rows (None: no cap)",
+    )
+    max_eval_rows: int | None = Field(
+        None,
+        ge=1000,
+        description="cap on a task's validation rows and, separately, on its test rows: each of the split's snapshots "
+        "gets an equal share and keeps a uniform sample of its customers (a hash of the id, so the same customers in "
+        "every snapshot and task), unweighted, so AUC and calibration are estimated without bias and the trainer's "
+        "memory follows the cap at a million customers; the intervals widen accordingly (None: no cap)",
     )
     tuning_trials: int = Field(0, ge=0, description="Optuna trials; 0 disables tuning")
     tuning_seconds: float = 300.0

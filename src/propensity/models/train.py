@@ -66,8 +66,10 @@ RFM_BASELINE = [
     "aov_365d",
     "ipi_mean_days",
 ]
-#: Baselines every task is compared with (``baseline_<name>_auc`` metrics).
-BASELINES = ("logreg_rfm", "recency_frequency")
+#: Baselines every task is compared with (``baseline_<name>_auc`` metrics): a logistic regression
+#: on RFM columns, a recency/frequency rule, and BG/NBD's P(purchase within the horizon) and
+#: P(alive) (:mod:`propensity.models.btyd`; for churn, one minus each).
+BASELINES = ("logreg_rfm", "recency_frequency", "btyd", "btyd_p_alive")
 #: Child-run metrics repeated on the parent run: what one compares runs by.
 HEADLINE = (
     "test_auc",
@@ -283,6 +285,7 @@ def summary(r: TaskResult) -> str:
     return (
         f"{r.task}: {r.outcome}; test AUC {f(r.metrics.get('auc'))} (valid {f(r.valid_auc)}, "
         f"logreg {f(r.baseline_auc.get('logreg_rfm'))}, heuristic {f(r.baseline_auc.get('recency_frequency'))}, "
+        f"BG/NBD {f(r.baseline_auc.get('btyd'))}, "
         f"oracle {f(r.oracle_auc)}), ECE {f(r.metrics.get('ece'))}, {r.n_train} train rows, {r.seconds:.1f} s, "
         f"version {r.model_version}, promoted {r.promoted}"
     )
@@ -294,6 +297,20 @@ def heuristic_score(df: pd.DataFrame, label: str) -> np.ndarray:
     freq = df["orders_365d"].fillna(0).to_numpy() + df["sessions_90d"].fillna(0).to_numpy() / 10.0
     s = (1.0 + freq) / (1.0 + rec / 30.0)
     return -s if label == "inactive" else s
+
+
+def btyd_scores(fr: TaskFrames, label: str, seed: int) -> dict[str, np.ndarray]:
+    """BG/NBD's P(purchase within the horizon) and P(alive) on the test rows, as scores of
+    ``label`` (churn is their complement); none when the training rows hold no repeat buyer
+    to fit on (a shop too young), since a baseline that cannot be fitted is not reported."""
+    from propensity.models.btyd import purchase_baseline
+
+    if not (fr.train["orders_total"].fillna(0) > 1).any():
+        return {}
+    buy, alive, _ = purchase_baseline(fr.train, fr.test, fr.plan.horizon_days, seed)
+    if label == "inactive":
+        buy, alive = 1.0 - buy, 1.0 - alive
+    return {"btyd": buy, "btyd_p_alive": alive}
 
 
 def logreg_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
@@ -371,16 +388,34 @@ def sample_negatives(train: pl.DataFrame, cap: int | None, seed: int) -> tuple[p
     return out, rate_neg
 
 
-def sample_snapshot(labels: pl.DataFrame, cap: int, seed: int, day: date, holdout: bool) -> pl.DataFrame:
+def sample_snapshot(
+    labels: pl.DataFrame, cap: int | None, seed: int, day: date, holdout: bool, held_cap: int | None = None
+) -> pl.DataFrame:
     """One training snapshot's labelled rows sampled to ``cap`` (:func:`sample_negatives`,
-    seeded by ``seed`` and the day). With a customer holdout its held-out rows are kept whole
-    (they validate) and only the others are sampled. Every row gains :data:`WEIGHT`."""
+    seeded by ``seed`` and the day). With a customer holdout its held-out rows validate: they
+    are not weighted, and only cut to ``held_cap`` by a uniform customer sample
+    (:func:`sample_customers`). Every row gains :data:`WEIGHT`."""
     held = held_out(labels["customer_id"]) if holdout else np.zeros(labels.height, bool)
     fitted, _ = sample_negatives(labels.filter(pl.Series(~held)), cap, seed + day.toordinal())
     if WEIGHT not in fitted.columns:
         fitted = fitted.with_columns(pl.lit(1.0).alias(WEIGHT))
-    kept = labels.filter(pl.Series(held)).with_columns(pl.lit(1.0).alias(WEIGHT))
+    kept = labels.filter(pl.Series(held))
+    kept = (kept if held_cap is None else sample_customers(kept, held_cap)).with_columns(pl.lit(1.0).alias(WEIGHT))
     return pl.concat([fitted, kept], how="vertical_relaxed").sort("customer_id")
+
+
+def sample_customers(labels: pl.DataFrame, cap: int) -> pl.DataFrame:
+    """``labels`` cut to about ``cap`` rows by a uniform sample of customers, unweighted: a
+    customer is kept when its id's hash (:func:`propensity.shards.customer_hash`) falls below
+    the rate, so every snapshot and task sampled at the same rate keeps the same customers
+    (pooled test snapshots stay grouped by customer for the bootstrap), and a lower rate keeps
+    a subset of a higher one's."""
+    if labels.height <= cap:
+        return labels
+    from propensity.shards import customer_hash
+
+    unit = (customer_hash(labels["customer_id"]) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return labels.filter(pl.Series(unit < cap / labels.height))
 
 
 def for_training(snap: Snapshot) -> Snapshot:
@@ -436,13 +471,24 @@ class Trainer:
         """``task``'s labels of ``snap``, sampled (:func:`sample_snapshot`) when ``snap`` is one
         of the task's training snapshots and ``models.max_train_rows`` caps them: each of the
         plan's training snapshots gets an equal share of the cap. The sample depends only on
-        the seed, the task and the day, so it is the same whichever task loaded the snapshot."""
+        the seed, the task and the day, so it is the same whichever task loaded the snapshot.
+        With ``models.max_eval_rows`` a validation or test snapshot keeps a uniform sample of
+        its customers (:func:`sample_customers`), its split's share of that cap."""
         labels = snap.labels[task]
-        plan, cap = self._plans.get(task), self.settings.models.max_train_rows
-        if cap is None or plan is None or snap.snapshot not in plan.train or WEIGHT in labels.columns:
+        plan, m = self._plans.get(task), self.settings.models
+        if plan is None or WEIGHT in labels.columns:
             return labels
-        seed = self.settings.models.seed + zlib.crc32(task.encode())
-        return sample_snapshot(labels, -(-cap // len(plan.train)), seed, snap.snapshot, not plan.valid)
+        d, eval_cap = snap.snapshot, m.max_eval_rows
+        if d not in plan.train:
+            split = plan.tests if d in plan.tests else plan.valid
+            return (
+                labels if eval_cap is None or d not in split else sample_customers(labels, -(-eval_cap // len(split)))
+            )
+        held_cap = None if plan.valid or eval_cap is None else -(-eval_cap // len(plan.train))
+        if m.max_train_rows is None and held_cap is None:
+            return labels
+        cap = None if m.max_train_rows is None else -(-m.max_train_rows // len(plan.train))
+        return sample_snapshot(labels, cap, m.seed + zlib.crc32(task.encode()), d, not plan.valid, held_cap)
 
     def frames(self, task: str, plan: SnapshotPlan, tasks: list[str]) -> TaskFrames:
         self._plans.setdefault(task, plan)
@@ -541,6 +587,7 @@ class Trainer:
         base_scores = {
             "logreg_rfm": logreg_baseline(fr.train, fr.test),
             "recency_frequency": heuristic_score(fr.test, label),
+            **btyd_scores(fr, label, self.settings.models.seed),
         }
         baseline_auc = {k: safe_auc(y, v) for k, v in base_scores.items()}
         try:
