@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from propensity import pipeline
 from propensity.config import Settings, load_settings
@@ -150,12 +151,27 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def print_train(s: Settings, records: list[pipeline.TrainRecord], report_path: str | None) -> None:
+def toolkit_line(t: pipeline.ToolkitRecord) -> str:
+    """One line for a recommendations or personas model."""
+    r, version = t.report, f"v{t.mlflow.get('model_version')}"
+    if t.name == "recommendations":
+        base = r["baseline_recall_at_10"]
+        return (
+            f"{t.name}: recall@10 {r['recall_at_10']:.4f} (popularity {base['popularity']:.4f}, top category "
+            f"{base['top_category']:.4f}), hit rate@10 {r['hit_rate_at_10']:.4f}, {r['customers']:,} customers  "
+            f"{version} {'champion' if t.promoted else 'not promoted'}"
+        )
+    return f"{t.name}: k={r['k']}, silhouette {r['silhouette']:.3f}: {', '.join(r['names'])}  {version} champion"
+
+
+def print_train(s: Settings, records: list[Any], report_path: str | None) -> None:
     """One line per task; the JSON report to ``report_path`` (or stdout)."""
     import json
 
     from propensity.models.train import write_report
 
+    toolkit = [r for r in records if isinstance(r, pipeline.ToolkitRecord)]
+    records = [r for r in records if not isinstance(r, pipeline.ToolkitRecord)]
     for record in records:
         r = record.report
         oracle = f"{r['oracle_auc']:.4f}" if r.get("oracle_auc") is not None else "n/a"
@@ -167,9 +183,12 @@ def print_train(s: Settings, records: list[pipeline.TrainRecord], report_path: s
             f"ECE {_num(r['ece'])}{_bounds(iv, 'ece')}  oracle {oracle}  baselines: {base}{_best_diff(iv)}  "
             f"{_pooled(iv)}n_train {r['n_train'] or 0:,}  v{r['model_version']} {verdict}"
         )
+    for t in toolkit:
+        print(toolkit_line(t))
     report = {
         "tasks": {r.task: r.report for r in records},
         "parent_run_ids": {r.task: r.parent_run_id for r in records},
+        **{t.name: t.report for t in toolkit},
     }
     if report_path:
         write_report(report, Path(report_path))
@@ -201,7 +220,10 @@ def cmd_train(s: Settings, a: argparse.Namespace) -> int:
 
             write_report({"uplift": report}, Path(a.report))
         return 0
-    print_train(s, pipeline.train(s, a.tasks, a.as_of), a.report)
+    records: list[Any] = pipeline.train(s, a.tasks, a.as_of)
+    if not a.tasks:  # the whole set: the toolkit models too
+        records += [pipeline.train_toolkit(s, name, a.as_of) for name in pipeline.enabled_toolkit(s)]
+    print_train(s, records, a.report)
     return 0
 
 

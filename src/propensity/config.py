@@ -492,6 +492,38 @@ class UpliftConfig(BaseModel):
     )
 
 
+class RecommendationsConfig(BaseModel):
+    """Per-customer product recommendations (:mod:`propensity.models.recommend`), trained with
+    the propensity tasks (``propensity train``) and registered as ``propensity-recommendations``."""
+
+    enabled: bool = True
+    horizon_days: int = Field(
+        60, ge=1, description="the evaluation window: products first bought in the H days after the test date"
+    )
+    view_days: int = Field(30, ge=0, description="days of product views a customer's history includes")
+    blends: list[float] = Field(
+        default_factory=lambda: [0.0, 0.5, 2.0, 8.0, 100.0],
+        min_length=1,
+        description="weights of category affinity against item-item similarity tried; validation recall@10 "
+        "picks (item-item wins on Online Retail's co-purchases, category affinity on the simulator's "
+        "category-driven choices)",
+    )
+    view_weights: list[float] = Field(
+        default_factory=lambda: [0.3, 1.0], min_length=1, description="weights of a view against a purchase tried"
+    )
+    products: int = Field(3, ge=1, le=10, description="product columns an offer: recommended export row carries")
+    margin: float = Field(0.0, ge=0, description="a challenger may be this much worse (recall@10) than the champion")
+
+
+class PersonasConfig(BaseModel):
+    """Behavioural personas (:mod:`propensity.models.personas`): k-means on a snapshot's traits."""
+
+    enabled: bool = True
+    k_min: int = Field(3, ge=2)
+    k_max: int = Field(8, ge=2, description="k is chosen by silhouette within [k_min, k_max]")
+    max_rows: int = Field(50_000, ge=1000, description="customers the clustering is fitted on (a uniform sample)")
+
+
 class Settings(BaseSettings):
     """Where everything lives and how the pipeline behaves.
 
@@ -523,6 +555,8 @@ class Settings(BaseSettings):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     audiences: AudiencesConfig = Field(default_factory=AudiencesConfig)
     uplift: UpliftConfig = Field(default_factory=UpliftConfig)
+    recommendations: RecommendationsConfig = Field(default_factory=RecommendationsConfig)
+    personas: PersonasConfig = Field(default_factory=PersonasConfig)
 
     @field_validator("tasks", mode="before")
     @classmethod

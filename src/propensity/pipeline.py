@@ -312,6 +312,45 @@ def train_uplift(settings: Settings, kinds: Iterable[str], promote: bool = True)
     return {kind: train_one(settings, kind, promote=promote).report() for kind in map(campaign_kind, kinds)}
 
 
+#: Models trained beside the propensity tasks by a full ``propensity train`` (each enabled in
+#: its own configuration section): product recommendations and behavioural personas.
+TOOLKIT = ("recommendations", "personas")
+
+
+def enabled_toolkit(settings: Settings) -> list[str]:
+    return [name for name in TOOLKIT if getattr(settings, name).enabled]
+
+
+@dataclass
+class ToolkitRecord(Record):
+    name: str
+    report: dict[str, Any]
+    mlflow: dict[str, Any]
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.mlflow.get("promoted"))
+
+
+def train_toolkit(
+    settings: Settings, name: str, as_of: date | None = None, *, builder: SnapshotBuilder | None = None
+) -> ToolkitRecord:
+    """Train, track and register one of :data:`TOOLKIT` as of ``as_of`` (default: the data's end)."""
+    builder = _builder(settings, builder)
+    if name == "recommendations":
+        from propensity.models.recommend_train import train_recommendations
+
+        r: Any = train_recommendations(settings, builder, as_of)
+    elif name == "personas":
+        from propensity.models.personas_train import train_personas
+
+        r = train_personas(settings, builder, as_of)
+    else:
+        raise RequestError(f"unknown model {name!r}: one of {list(TOOLKIT)}")
+    coords = {"model_version": r.model_version, "promoted": r.promoted, **r.decision}
+    return ToolkitRecord(name=name, report=_plain(r.report()), mlflow=_plain(coords))
+
+
 def train(
     settings: Settings,
     tasks: Iterable[str] | None = None,
@@ -527,7 +566,10 @@ def run(
         builder = SnapshotBuilder(settings)
         step("features", features_plan(settings, options.tasks, options.as_of, builder))
     if "train" in stages:
-        step("train", train(settings, options.tasks, options.as_of, builder=builder))
+        records: list[Any] = train(settings, options.tasks, options.as_of, builder=builder)
+        if not options.tasks:  # the whole set: the toolkit models too
+            records += [train_toolkit(settings, n, options.as_of, builder=builder) for n in enabled_toolkit(settings)]
+        step("train", records)
     day = end + timedelta(days=1)
     if "score" in stages:
         step("score", score(settings, day, options.tasks, builder))

@@ -24,8 +24,8 @@ customer's top category (both without what the customer already bought).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
@@ -62,6 +62,11 @@ def _matrix(pairs: pl.DataFrame, customers: pl.DataFrame, products: pl.DataFrame
     return sp.csr_matrix((data, (idx["row"].to_numpy(), idx["col"].to_numpy())), shape=shape)
 
 
+def _ids(name: str, values: np.ndarray) -> pl.DataFrame:
+    """A one-column frame of string ids (an index's rows or columns)."""
+    return pl.Series(name, values, dtype=pl.String).to_frame()
+
+
 def purchases(orders: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
     """Distinct (customer_id, product_id) of non-cancelled orders' lines."""
     kept = orders.filter(pl.col("status") != "cancelled").select("order_id", "customer_id")
@@ -78,11 +83,13 @@ class History:
     products: pl.Series
 
     @classmethod
-    def before(cls, data, t: datetime, view_days: int) -> History:
+    def before(cls, data, d: date, view_days: int) -> History:
         """From ``data`` (a :class:`~propensity.features.inputs.ShopData`): everything before
-        ``t``, views only from the last ``view_days``."""
-        past = data.as_of(t)
-        since = pl.lit(t - timedelta(days=view_days)).dt.cast_time_unit("us")
+        the day ``d``, views only from the last ``view_days``."""
+        from propensity.features.snapshot import at_midnight
+
+        past = data.as_of(at_midnight(d))
+        since = pl.lit(at_midnight(d - timedelta(days=view_days))).dt.cast_time_unit("us")
         viewed = past.events.filter(
             (pl.col("event_type") == "product_view")
             & (pl.col("event_time") >= since)
@@ -99,10 +106,11 @@ class History:
         """Everyone with a purchase or a recent view, sorted."""
         return pl.concat([self.bought["customer_id"], self.viewed["customer_id"]]).unique().sort()
 
-    def matrices(self, customers: pl.Series | None = None) -> Interactions:
-        """The 0/1 matrices over ``customers`` (default: :meth:`customers`) and the catalogue."""
+    def matrices(self, customers: pl.Series | None = None, products: np.ndarray | None = None) -> Interactions:
+        """The 0/1 matrices over ``customers`` (default: :meth:`customers`) and ``products``
+        (default: the catalogue; a fitted model's own index to score with it)."""
         rows = (self.customers() if customers is None else customers).cast(pl.String).to_frame("customer_id")
-        cols = self.products.to_frame("product_id")
+        cols = self.products.to_frame("product_id") if products is None else _ids("product_id", products)
         return Interactions(
             customers=rows["customer_id"].to_numpy(),
             products=cols["product_id"].to_numpy(),
@@ -134,27 +142,44 @@ def _scaled(v: np.ndarray) -> np.ndarray:
     return v / top if top > 0 else v
 
 
+def price_bands(products: np.ndarray, catalogue: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(category name, price band) of each of ``products`` from ``catalogue`` (product_id,
+    category, list_price): the band is the product's list-price percentile within its category
+    (0 the cheapest, 1 the dearest; 0.5 when unknown), so a customer's price level compares
+    across categories whose prices differ tenfold."""
+    cat = catalogue.select(
+        pl.col("product_id").cast(pl.String),
+        pl.col("category").cast(pl.String).fill_null(""),
+        ((pl.col("list_price").rank("average").over("category") - 0.5) / pl.len().over("category")).alias("band"),
+    )
+    rows = _ids("product_id", products).join(cat, on="product_id", how="left", maintain_order="left")
+    return rows["category"].fill_null("").to_numpy(), rows["band"].fill_null(0.5).to_numpy().astype(float)
+
+
 @dataclass
 class ItemItem:
-    """A fitted recommender: item similarities, category codes and popularity, over ``products``."""
+    """A fitted recommender over ``products``: item similarities, category codes, price bands
+    and popularity, and the weights that blend them (:meth:`scores`)."""
 
     products: np.ndarray
     category: np.ndarray  #: category code of each product
     categories: np.ndarray  #: category name of each code
+    band: np.ndarray  #: price band of each product within its category (:func:`price_bands`)
     similarity: sp.csr_matrix
     popularity: np.ndarray  #: recent purchases of each product, scaled to [0, 1]
     view_weight: float = 0.3
-    blend: float = 0.5
-    extra: dict[str, float] = field(default_factory=dict)
+    blend: float = 8.0
+    price_weight: float = 0.0
 
     @classmethod
     def fit(
         cls,
         inter: Interactions,
-        categories: dict[str, str],
+        catalogue: pl.DataFrame,
         recent: np.ndarray,
         view_weight: float = 0.3,
-        blend: float = 0.5,
+        blend: float = 8.0,
+        price_weight: float = 0.0,
         neighbours: int = NEIGHBOURS,
     ) -> ItemItem:
         """Cosine similarity of the products' columns in ``bought + view_weight * viewed``;
@@ -165,16 +190,18 @@ class ItemItem:
         sim = (xn.T @ xn).tocsr()
         sim.setdiag(0.0)
         sim.eliminate_zeros()
-        names = np.array([categories.get(p, "") for p in inter.products])
+        names, band = price_bands(inter.products, catalogue)
         uniq, codes = np.unique(names, return_inverse=True)
         return cls(
             products=inter.products,
             category=codes,
             categories=uniq,
+            band=band,
             similarity=_top_neighbours(sim, neighbours),
             popularity=_scaled(np.asarray(recent, dtype=float)),
             view_weight=view_weight,
             blend=blend,
+            price_weight=price_weight,
         )
 
     def _within_category(self) -> np.ndarray:
@@ -184,35 +211,41 @@ class ItemItem:
         per = top[self.category]
         return np.divide(self.popularity, per, out=np.zeros_like(self.popularity), where=per > 0)
 
+    def _onehot(self) -> sp.csr_matrix:
+        n = len(self.category)
+        return sp.csr_matrix((np.ones(n), (np.arange(n), self.category)), shape=(n, len(self.categories)))
+
     def scores(self, bought: sp.csr_matrix, viewed: sp.csr_matrix) -> np.ndarray:
-        """customers x products scores; products a customer bought score ``-inf``."""
+        """customers x products: ``cf + blend * affinity * (0.5 + popularity in category) * match
+        + 0.001 * popularity``, where ``cf`` is the item-item score scaled to the customer's best,
+        ``affinity`` the customer's share of interactions in the product's category, and
+        ``match = exp(-price_weight * (band - customer's mean band)^2)`` (price-band affinity:
+        a bargain hunter's purchases sit low in every category). Popularity breaks ties and
+        carries the cold start. Products the customer bought score ``-inf``."""
         x = (bought + self.view_weight * viewed).tocsr()
         cf = np.asarray((x @ self.similarity).todense(), dtype=float)
         cf /= np.maximum(cf.max(axis=1, keepdims=True), 1e-12)
-        onehot = sp.csr_matrix(
-            (np.ones(len(self.category)), (np.arange(len(self.category)), self.category)),
-            shape=(len(self.category), len(self.categories)),
-        )
-        per_cat = np.asarray((x @ onehot).todense(), dtype=float)
-        affinity = per_cat / np.maximum(per_cat.sum(axis=1, keepdims=True), 1e-12)
-        cat = affinity[:, self.category] * self._within_category()[None, :]
-        out = cf + self.blend * cat + 1e-3 * self.popularity[None, :]  # popularity: tie-break, and the cold start
+        per_cat = np.asarray((x @ self._onehot()).todense(), dtype=float)
+        total = per_cat.sum(axis=1, keepdims=True)
+        affinity = per_cat / np.maximum(total, 1e-12)
+        cat = affinity[:, self.category] * (0.5 + self._within_category())[None, :]
+        if self.price_weight > 0:
+            level = np.where(total[:, 0] > 0, (x @ self.band) / np.maximum(total[:, 0], 1e-12), 0.5)
+            cat *= np.exp(-self.price_weight * (self.band[None, :] - level[:, None]) ** 2)
+        out = cf + self.blend * cat + 1e-3 * self.popularity[None, :]
         out[bought.toarray() > 0] = -np.inf
         return out
 
     def recommend(self, bought: sp.csr_matrix, viewed: sp.csr_matrix, k: int = 10) -> np.ndarray:
         """Top-``k`` product indexes per customer, best first (computed :data:`BATCH` customers at a time)."""
-        return _top_k_blocks(lambda b, v: self.scores(b, v), bought, viewed, k)
+        return _top_k_blocks(self.scores, bought, viewed, k)
 
 
 def _top_k_blocks(score, bought: sp.csr_matrix, viewed: sp.csr_matrix, k: int) -> np.ndarray:
     out = []
     for start in range(0, bought.shape[0], BATCH):
         s = score(bought[start : start + BATCH], viewed[start : start + BATCH])
-        k_ = min(k, s.shape[1])
-        part = np.argpartition(-s, k_ - 1, axis=1)[:, :k_]
-        order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
-        out.append(np.take_along_axis(part, order, axis=1))
+        out.append(np.argsort(-s, axis=1, kind="stable")[:, :k])  # ties: the catalogue's order, every run
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
@@ -232,11 +265,7 @@ def top_category_baseline(model: ItemItem) -> callable:
     then viewed), then the shop's most popular; without what the customer bought."""
 
     def score(bought: sp.csr_matrix, viewed: sp.csr_matrix) -> np.ndarray:
-        onehot = sp.csr_matrix(
-            (np.ones(len(model.category)), (np.arange(len(model.category)), model.category)),
-            shape=(len(model.category), len(model.categories)),
-        )
-        per_cat = np.asarray(((bought + 1e-3 * viewed) @ onehot).todense(), dtype=float)
+        per_cat = np.asarray(((bought + 1e-3 * viewed) @ model._onehot()).todense(), dtype=float)
         top = np.where(per_cat.max(axis=1) > 0, per_cat.argmax(axis=1), -1)
         s = (model.category[None, :] == top[:, None]) + 1e-3 * model.popularity[None, :]
         s = s.astype(float)
@@ -246,29 +275,27 @@ def top_category_baseline(model: ItemItem) -> callable:
     return score
 
 
-def bought_between(data, start: datetime, end: datetime) -> pl.DataFrame:
-    """Distinct (customer_id, product_id) of non-cancelled orders placed in ``[start, end)``."""
-    window = data.between(start, end)
+def bought_between(data, start: date, end: date) -> pl.DataFrame:
+    """Distinct (customer_id, product_id) of non-cancelled orders placed in the days ``[start, end)``."""
+    from propensity.features.snapshot import at_midnight
+
+    window = data.between(at_midnight(start), at_midnight(end))
     items = data.order_items.join(window.orders.select("order_id"), on="order_id", how="semi")
     return purchases(window.orders, items)
 
 
-def recall_hit(top: np.ndarray, truth: sp.csr_matrix) -> tuple[float, float, int]:
-    """(recall@k, hit-rate@k, customers with any new purchase) of ``top`` (customers x k indexes)."""
-    has = np.asarray(truth.sum(axis=1)).ravel() > 0
-    if not has.any():
-        raise ValueError("recommendations: nobody bought a new product in the evaluation window")
-    t = truth[has]
-    picked = t[np.arange(t.shape[0])[:, None], top[has]] if top.size else sp.csr_matrix((t.shape[0], 1))
+def recall_hit(top: np.ndarray, truth: sp.csr_matrix, n_true: np.ndarray) -> tuple[float, float]:
+    """(recall@k, hit-rate@k) of ``top`` (customers x k product indexes) against ``truth``
+    (customers x products 0/1), each customer's recall over their ``n_true`` new products."""
+    picked = truth[np.arange(truth.shape[0])[:, None], top] if top.size else sp.csr_matrix((truth.shape[0], 1))
     hits = np.asarray(picked.sum(axis=1)).ravel()
-    n_true = np.asarray(t.sum(axis=1)).ravel()
-    return float(np.mean(hits / n_true)), float(np.mean(hits > 0)), int(has.sum())
+    return float(np.mean(hits / n_true)), float(np.mean(hits > 0))
 
 
 def popularity(recent: pl.DataFrame, products: np.ndarray) -> np.ndarray:
     """Distinct buyers of each of ``products`` among ``recent`` purchase pairs."""
     counts = recent.group_by("product_id").len()
-    order = pl.DataFrame({"product_id": products}).join(counts, on="product_id", how="left", maintain_order="left")
+    order = _ids("product_id", products).join(counts, on="product_id", how="left", maintain_order="left")
     return order["len"].fill_null(0).to_numpy().astype(float)
 
 
@@ -290,33 +317,38 @@ class Evaluation:
         }
 
 
-def fit_at(data, t: datetime, categories: dict[str, str], view_days: int, **params) -> tuple[ItemItem, History]:
-    """The recommender fitted on what ``data`` knew before ``t``."""
-    hist = History.before(data, t, view_days)
+def fit_at(data, d: date, view_days: int, history: History | None = None, **params: float) -> tuple[ItemItem, History]:
+    """The recommender fitted on what ``data`` (a :class:`~propensity.features.inputs.ShopData`)
+    knew before the day ``d`` (``history``: that history, already cut); ``params`` are
+    :meth:`ItemItem.fit`'s weights."""
+    hist = history or History.before(data, d, view_days)
     inter = hist.matrices()
-    recent = popularity(bought_between(data, t - timedelta(days=POPULAR_DAYS), t), inter.products)
-    return ItemItem.fit(inter, categories, recent, **params), hist
+    recent = popularity(bought_between(data, d - timedelta(days=POPULAR_DAYS), d), inter.products)
+    catalogue = data.products.sort("updated_at").group_by("product_id", maintain_order=True).last()
+    return ItemItem.fit(inter, catalogue, recent, **params), hist
 
 
 def evaluate(model: ItemItem, hist: History, later: pl.DataFrame) -> Evaluation:
-    """``model`` (fitted on ``hist``) on the customers who bought, in ``later`` (purchase pairs
-    after the fit date), a product they had not bought before; cold customers included (they
-    get the popularity fallback). Against the popularity and top-category baselines."""
+    """``model`` on the customers who bought, in ``later`` (purchase pairs after ``hist``'s
+    date), a product they had not bought before; cold customers included (they get the
+    popularity fallback). Against the popularity and top-category baselines. A product outside
+    the model's catalogue (new since it was fitted) counts as missed."""
     new = later.join(hist.bought, on=["customer_id", "product_id"], how="anti")
     if new.is_empty():
         raise ValueError("recommendations: nobody bought a new product in the evaluation window")
-    inter = hist.matrices(new["customer_id"].unique().sort())
-    truth = _matrix(new, pl.DataFrame({"customer_id": inter.customers}), pl.DataFrame({"product_id": inter.products}))
-    b, v = inter.bought, inter.viewed
-    r, h, n = recall_hit(model.recommend(b, v), truth)
+    counts = new.group_by("customer_id").len().sort("customer_id")
+    inter = hist.matrices(counts["customer_id"], model.products)
+    truth = _matrix(new, _ids("customer_id", inter.customers), _ids("product_id", inter.products))
+    b, v, n_true = inter.bought, inter.viewed, counts["len"].to_numpy().astype(float)
+    r, h = recall_hit(model.recommend(b, v), truth, n_true)
     base = {
-        "popularity": recall_hit(_top_k_blocks(popularity_baseline(model.popularity), b, v, 10), truth),
-        "top_category": recall_hit(_top_k_blocks(top_category_baseline(model), b, v, 10), truth),
+        "popularity": recall_hit(_top_k_blocks(popularity_baseline(model.popularity), b, v, 10), truth, n_true),
+        "top_category": recall_hit(_top_k_blocks(top_category_baseline(model), b, v, 10), truth, n_true),
     }
     return Evaluation(
         recall_at_10=r,
         hit_rate_at_10=h,
-        customers=n,
+        customers=len(n_true),
         baseline_recall_at_10={k: x[0] for k, x in base.items()},
         baseline_hit_rate_at_10={k: x[1] for k, x in base.items()},
     )

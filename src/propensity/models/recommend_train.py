@@ -1,0 +1,203 @@
+"""Train, evaluate, track and register the recommender (``propensity-recommendations``).
+
+Out of time, like the propensity tasks, with ``H = recommendations.horizon_days``:
+
+* the test date ``T`` is the latest whose window ``[T, T + H)`` the data cover (or ``--as-of``);
+* the validation date is ``T - H``: each weight pair of ``recommendations.blends`` x
+  ``view_weights`` is fitted on the history before it and scored on ``[T - H, T)``; the best
+  recall@10 wins;
+* the winner is refitted on the history before ``T`` and scored on ``[T, T + H)`` against the
+  popularity and top-category baselines.
+
+The run is logged to the propensity experiment (``task=recommend``), the model registered as
+a pyfunc that returns product lists, and gated like the others: the challenger becomes
+``champion`` unless the champion, scored on the same test, beats its recall@10 by more than
+``recommendations.margin``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from propensity.config import Settings
+from propensity.errors import RequestError
+from propensity.models.recommend import Evaluation, History, ItemItem, bought_between, evaluate, fit_at
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "propensity-recommendations"
+
+
+@dataclass
+class RecommendResult:
+    test_date: date
+    valid_date: date
+    params: dict[str, float]
+    test: Evaluation
+    valid_recall: dict[str, float]
+    seconds: float
+    model: ItemItem | None = None
+    model_version: str | None = None
+    promoted: bool = False
+    decision: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            **self.test.report(),
+            "test_date": str(self.test_date),
+            "valid_date": str(self.valid_date),
+            "params": self.params,
+            "valid_recall_at_10": self.valid_recall,
+            "model_version": self.model_version,
+            "promoted": self.promoted,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def test_date(observed_until: date | None, horizon_days: int, as_of: date | None) -> date:
+    """The latest date whose ``horizon_days`` window the data cover, capped by ``as_of``."""
+    if observed_until is None:
+        raise RequestError("recommendations: the clean zone holds no orders or events")
+    latest = observed_until + timedelta(days=1) - timedelta(days=horizon_days)
+    return min(latest, as_of) if as_of else latest
+
+
+def fit_and_evaluate(settings: Settings, data: Any, t: date) -> RecommendResult:
+    """Choose the weights at ``t - H``, refit at ``t`` and evaluate on ``[t, t + H)``."""
+    cfg = settings.recommendations
+    t0 = time.perf_counter()
+    h = timedelta(days=cfg.horizon_days)
+    v = t - h
+    later_valid = bought_between(data, v, t)
+    valid: dict[str, float] = {}
+    best: tuple[float, dict[str, float]] | None = None
+    hist_v = History.before(data, v, cfg.view_days)
+    for view_weight in cfg.view_weights:
+        for blend in cfg.blends:
+            params = {"view_weight": view_weight, "blend": blend}
+            model, _ = fit_at(data, v, cfg.view_days, history=hist_v, **params)
+            recall = evaluate(model, hist_v, later_valid).recall_at_10
+            valid[f"view_weight={view_weight},blend={blend}"] = recall
+            if best is None or recall > best[0]:
+                best = (recall, params)
+    assert best is not None  # blends and view_weights are never empty (config)
+    model, hist = fit_at(data, t, cfg.view_days, **best[1])
+    ev = evaluate(model, hist, bought_between(data, t, t + h))
+    return RecommendResult(t, v, best[1], ev, valid, time.perf_counter() - t0, model=model)
+
+
+def train_recommendations(
+    settings: Settings, builder: Any = None, as_of: date | None = None, register: bool = True, promote: bool = True
+) -> RecommendResult:
+    """Fit, evaluate and (with ``register``) log, register and gate the recommender."""
+    from propensity.features.snapshot import SnapshotBuilder
+
+    builder = builder or SnapshotBuilder(settings)
+    t = test_date(builder.observed_until, settings.recommendations.horizon_days, as_of)
+    r = fit_and_evaluate(settings, builder.data, t)
+    if register:
+        log_and_register(settings, builder.data, r, promote)
+    log.info(
+        "recommend: recall@10 %.4f (popularity %.4f, top category %.4f), hit rate %.4f, %d customers; %s",
+        r.test.recall_at_10,
+        r.test.baseline_recall_at_10["popularity"],
+        r.test.baseline_recall_at_10["top_category"],
+        r.test.hit_rate_at_10,
+        r.test.customers,
+        r.params,
+    )
+    return r
+
+
+def log_and_register(settings: Settings, data: Any, r: RecommendResult, promote: bool) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from propensity.models.recommend_pyfunc import RecommendPyfunc, save_model, signature
+    from propensity.models.tracking import code_version, configure, process_tags
+
+    assert r.model is not None
+    experiment_id = configure(settings)
+    cfg = settings.recommendations
+    with mlflow.start_run(run_name=f"recommend {r.test_date}", experiment_id=experiment_id, tags=process_tags()):
+        mlflow.set_tags({"task": "recommend", "propensity.code_version": code_version()})
+        mlflow.log_params(
+            {
+                **r.params,
+                "test_date": str(r.test_date),
+                "valid_date": str(r.valid_date),
+                "horizon_days": cfg.horizon_days,
+                "view_days": cfg.view_days,
+                "products": len(r.model.products),
+            }
+        )
+        ev = r.test
+        metrics = {"test_recall_at_10": ev.recall_at_10, "test_hit_rate_at_10": ev.hit_rate_at_10}
+        metrics.update({f"baseline_{k}_recall_at_10": v for k, v in ev.baseline_recall_at_10.items()})
+        metrics.update({f"baseline_{k}_hit_rate_at_10": v for k, v in ev.baseline_hit_rate_at_10.items()})
+        metrics.update({"n_test": ev.customers, "train_seconds": r.seconds})
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=RecommendPyfunc(),
+                artifacts=save_model(r.model, Path(tmp) / "model"),
+                registered_model_name=MODEL_NAME,
+                signature=signature(),
+            )
+    r.model_version = str(info.registered_model_version)
+    r.decision = gate(settings, data, r, MlflowClient(), promote)
+    r.promoted = bool(r.decision.get("promoted"))
+
+
+def champion_model(settings: Settings) -> ItemItem | None:
+    """The champion recommender (None when there is none)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from propensity.models.registry import CHAMPION
+    from propensity.models.tracking import configure
+
+    configure(settings)
+    try:
+        loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
+    except MlflowException:
+        return None
+    return loaded.unwrap_python_model().model
+
+
+def gate(settings: Settings, data: Any, r: RecommendResult, client: Any, promote: bool) -> dict[str, Any]:
+    """``challenger`` always; ``champion`` unless the champion's recall@10 on the same test is
+    higher by more than the margin."""
+    from propensity.models.registry import CHALLENGER, current_champion, set_champion
+
+    version = str(r.model_version)
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+    champ = current_champion(client, MODEL_NAME)
+    champion_recall = None
+    if champ is not None and str(champ.version) != version:
+        model = champion_model(settings)
+        if model is not None:
+            cfg = settings.recommendations
+            hist = History.before(data, r.test_date, cfg.view_days)
+            later = bought_between(data, r.test_date, r.test_date + timedelta(days=cfg.horizon_days))
+            champion_recall = evaluate(model, hist, later).recall_at_10
+    recall = r.test.recall_at_10
+    margin = settings.recommendations.margin
+    passed = champion_recall is None or recall >= champion_recall - margin
+    promoted = passed and promote
+    if promoted:
+        set_champion(client, MODEL_NAME, version, str(champ.version) if champ is not None else None)
+    reason = (
+        "first version"
+        if champion_recall is None
+        else f"test recall@10 {recall:.4f} vs champion v{champ.version} {champion_recall:.4f} (margin {margin})"
+    )
+    client.set_model_version_tag(MODEL_NAME, version, "gate.decision", ("passed: " if passed else "refused: ") + reason)
+    return {"model": MODEL_NAME, "version": version, "passed": passed, "promoted": promoted, "reason": reason}
