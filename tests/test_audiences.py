@@ -18,14 +18,17 @@ from conftest import SMALL_SHOP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from propensity import pipeline
 from propensity.audiences import build, read_members
 from propensity.audiences.measure import measure, uplift
-from propensity.audiences.publish import EXPORT_COLUMNS
+from propensity.audiences.publish import EXPORT_COLUMNS, product_columns
 from propensity.audiences.select import SUPPRESSION_REASONS, control_draw, select_all
 from propensity.audiences.sets import read_export, read_export_set
 from propensity.audiences.spec import CONSENT_COLUMN, AudienceSpec, Offer
 from propensity.config import Settings
+from propensity.features.snapshot import SnapshotBuilder
 from propensity.lake import Lake
+from propensity.models.recommend import History
 from propensity.scoring import SignatureMismatch, load_champion, read_scores, score, score_inputs_frame
 from propensity.storage import open_store
 
@@ -248,6 +251,7 @@ def scored_shop(clean_zone, tmp_path_factory) -> Settings:
     )
     report = Trainer(s).train()
     assert all(r["promoted"] for r in report["tasks"].values()), report
+    assert pipeline.train_toolkit(s, "recommendations", as_of=D).promoted  # cross-sell's recommended offer
     score(s, D)
     return s
 
@@ -315,7 +319,8 @@ def test_audiences_publish_rerun_identical_and_measure(scored_shop):
         assert set(doc["counts"]["suppressed"]) == set(SUPPRESSION_REASONS)  # every reason, counted or 0
         assert doc["models"][x.spec.task]["model_version"] and doc["rule_hash"]
         csv = pl.read_csv(read_export(store, D.isoformat(), x.spec.name), infer_schema=False)
-        assert csv.columns == EXPORT_COLUMNS and csv.height == x.treatment
+        products = product_columns(s.recommendations.products) if x.spec.offer.recommended else []
+        assert csv.columns == EXPORT_COLUMNS + products and csv.height == x.treatment
         members = read_members(s, x.spec.name, D)
         assert set(csv["pseudo_id"]) == set(members.filter(pl.col("group") == "treatment")["pseudo_id"])
         assert not set(csv["pseudo_id"]) & set(members.filter(pl.col("group") == "control")["pseudo_id"])
@@ -329,6 +334,18 @@ def test_audiences_publish_rerun_identical_and_measure(scored_shop):
             assert m["reason_1"].null_count() < m.height  # reason codes for members
     sc = read_scores(s, "churn", D)
     assert 0 < sc["reason_1"].drop_nulls().len() < sc.height  # filled for members only
+    # the recommended offer: three catalogue products per exported row, none bought before D
+    cross = read_members(s, "cross-sell", D).filter(pl.col("group") == "treatment")
+    assert cross.height > 0
+    data = SnapshotBuilder(s).data
+    catalogue = set(data.products["product_id"].to_list())
+    rows = cross.select("customer_id", product=pl.concat_list(product_columns(3))).explode("product")
+    assert rows["product"].null_count() == 0 and set(rows["product"]) <= catalogue
+    assert cross.select(pl.concat_list(product_columns(3)).list.n_unique().min()).item() == 3
+    bought = History.before(data, D, s.recommendations.view_days).bought
+    assert rows.join(bought, left_on=["customer_id", "product"], right_on=["customer_id", "product_id"]).is_empty()
+    exported = pl.read_csv(read_export(store, D.isoformat(), "cross-sell"), infer_schema=False)
+    assert exported.select(product_columns(3)).null_count().sum_horizontal().item() == 0
     # a rerun is byte-identical
     build(s, D)
     assert snapshot_bytes() == before

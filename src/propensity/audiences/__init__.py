@@ -24,7 +24,7 @@ import polars as pl
 
 from propensity.audiences.composition import Composition, compare, markdown
 from propensity.audiences.consent import latest_consent, overlay, still_contactable
-from propensity.audiences.publish import csv_bytes, pseudonymize, resolve_salt, write_crm
+from propensity.audiences.publish import csv_bytes, product_columns, pseudonymize, resolve_salt, write_crm
 from propensity.audiences.select import KEY, SUPPRESSION_REASONS, UPLIFT_PREFIX, Selection, control_draw, select_all
 from propensity.audiences.sets import (
     AudienceFiles,
@@ -171,6 +171,32 @@ def with_uplift(settings: Settings, cands: pl.DataFrame, specs: list[AudienceSpe
     return cands
 
 
+def with_products(settings: Settings, d: date, selections: list[Selection]) -> None:
+    """Give the members of each ``offer.products: recommended`` audience their recommended
+    products (``product_1..N``), from propensity-recommendations@champion at ``d``. Only
+    selected members are looked up, so suppression has already been applied."""
+    wanted = [s for s in selections if s.spec.offer.recommended]
+    if not wanted:
+        return
+    from propensity.models.recommend_train import products_for
+
+    n = settings.recommendations.products
+    ids = [c for s in wanted for c in s.members[KEY].to_list()]
+    lists = products_for(settings, d, ids, n) if ids else None
+    for s in wanted:
+        if lists is not None:
+            s.members = s.members.join(lists, on=KEY, how="left", maintain_order="left")
+
+
+def with_product_columns(members: pl.DataFrame, n: int) -> pl.DataFrame:
+    """``members`` with every ``product_i`` column last (null where not recommended): one schema
+    for every audience of a set, whatever its offer."""
+    products = product_columns(n)
+    missing = [c for c in products if c not in members.columns]
+    members = members.with_columns([pl.lit(None, pl.String).alias(c) for c in missing])
+    return members.select([c for c in members.columns if c not in products] + products)
+
+
 def score_models(scores: dict[str, pl.DataFrame]) -> dict[str, dict[str, Any]]:
     """Per task, the model that made its scores (name, version, run id)."""
     cols = ("model_name", "model_version", "run_id")
@@ -274,6 +300,7 @@ def build(
     cands = with_uplift(settings, enrich(cands) if enrich else cands, specs)
     taken = {c for k in kept for c in k.members[KEY].to_list()}
     sel = select_all(cands, specs, d, cfg.frequency_cap, cfg.control_fraction, taken=taken)
+    with_products(settings, d, sel)
     models = score_models(scores)
     reasons = add_reasons(settings, sel, cands, models)
     salt = resolve_salt(settings)
@@ -345,15 +372,18 @@ def publish(
             lake, task, day, with_reasons(scores[task], table), m["model_name"], m["model_version"], m["run_id"]
         )
     parts = []
+    n = settings.recommendations.products
     for s in run.selections:
-        treated = s.members.filter(pl.col("group") == "treatment").sort("rank")
+        members = with_product_columns(s.members, n)
+        treated = members.filter(pl.col("group") == "treatment").sort("rank")
+        products = product_columns(n) if s.spec.offer.recommended else None
         parts.append(
-            AudienceFiles(s.spec.name, s.members, csv_bytes(treated), manifest(run, s, book.rule_hash(s.spec)))
+            AudienceFiles(s.spec.name, members, csv_bytes(treated, products), manifest(run, s, book.rule_hash(s.spec)))
         )
     crm = settings.crm_db_url
     deliver = None
     if crm:
-        treated = pl.concat([s.members.filter(pl.col("group") == "treatment") for s in run.selections])
+        treated = pl.concat([p.members.filter(pl.col("group") == "treatment") for p in parts])
 
         def deliver() -> None:
             write_crm(crm, day, treated)

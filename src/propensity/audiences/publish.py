@@ -48,14 +48,21 @@ def pseudonymize(ids: pl.Series, salt: str) -> pl.Series:
     return pl.Series("pseudo_id", [hashlib.sha256(pre + str(v).encode()).hexdigest() for v in ids], pl.String)
 
 
-def csv_bytes(members: pl.DataFrame) -> bytes:
-    """The treatment group as CSV: pseudonymous id, channel, offer, score (6 d.p.), reason codes."""
+def product_columns(n: int) -> list[str]:
+    """The export columns of an ``offer.products: recommended`` audience, best product first."""
+    return [f"product_{i + 1}" for i in range(n)]
+
+
+def csv_bytes(members: pl.DataFrame, products: list[str] | None = None) -> bytes:
+    """The treatment group as CSV: pseudonymous id, channel, offer, score (6 d.p.), reason codes,
+    and with ``products`` those product columns (a recommended offer)."""
+    columns = EXPORT_COLUMNS + (products or [])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(EXPORT_COLUMNS)
-    for row in members.select(EXPORT_COLUMNS).iter_rows():
-        pid, channel, offer, score, *reasons = row
-        w.writerow([pid, channel, offer, f"{score:.6f}", *[r or "" for r in reasons]])
+    w.writerow(columns)
+    for row in members.select(columns).iter_rows():
+        pid, channel, offer, score, *rest = row
+        w.writerow([pid, channel, offer, f"{score:.6f}", *[r or "" for r in rest]])
     return buf.getvalue().encode()
 
 

@@ -54,6 +54,15 @@ class Offer(_Strict):
     discount: float = Field(
         0.0, ge=0, lt=1, description="share of the order value the offer gives away on a purchase in the window"
     )
+    products: Literal["none", "recommended"] = Field(
+        "none",
+        description="recommended: each member's export row carries product_1..N, the products "
+        "propensity-recommendations@champion recommends for them at the date (N: recommendations.products)",
+    )
+
+    @property
+    def recommended(self) -> bool:
+        return self.products == "recommended"
 
 
 class AudienceSpec(_Strict):
@@ -106,6 +115,12 @@ class AudienceSpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v)
+
+    @field_validator("offer", mode="before")
+    @classmethod
+    def _offer(cls, v: Any) -> Any:
+        """``offer: recommended`` is short for an offer of recommended products and nothing else."""
+        return {"code": "RECOMMENDED", "products": "recommended"} if v == "recommended" else v
 
     @field_validator("channels")
     @classmethod

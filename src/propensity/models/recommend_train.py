@@ -201,3 +201,19 @@ def gate(settings: Settings, data: Any, r: RecommendResult, client: Any, promote
     )
     client.set_model_version_tag(MODEL_NAME, version, "gate.decision", ("passed: " if passed else "refused: ") + reason)
     return {"model": MODEL_NAME, "version": version, "passed": passed, "promoted": promoted, "reason": reason}
+
+
+def products_for(settings: Settings, d: date, customers: list[str], n: int) -> Any:
+    """``customer_id`` and ``product_1..n`` for ``customers``: the champion's recommendations from
+    what each bought before ``d`` and viewed in ``recommendations.view_days`` before it."""
+    import polars as pl
+
+    from propensity.features.snapshot import SnapshotBuilder
+    from propensity.models.recommend_pyfunc import input_frame, product_lists
+
+    model = champion_model(settings)
+    if model is None:
+        raise RequestError(f"{MODEL_NAME}@champion does not exist: run propensity train first")
+    hist = History.before(SnapshotBuilder(settings).data, d, settings.recommendations.view_days)
+    lists = product_lists(model, input_frame(hist, sorted(set(customers))), min(n, len(model.products)))
+    return pl.from_pandas(lists).cast(pl.String)
