@@ -28,6 +28,7 @@ from propensity.audiences.spec import CONSENT_COLUMN, AudienceSpec, Offer
 from propensity.config import Settings
 from propensity.features.snapshot import SnapshotBuilder
 from propensity.lake import Lake
+from propensity.models.personas_train import champion_personas
 from propensity.models.recommend import History
 from propensity.scoring import SignatureMismatch, load_champion, read_scores, score, score_inputs_frame
 from propensity.storage import open_store
@@ -252,6 +253,7 @@ def scored_shop(clean_zone, tmp_path_factory) -> Settings:
     report = Trainer(s).train()
     assert all(r["promoted"] for r in report["tasks"].values()), report
     assert pipeline.train_toolkit(s, "recommendations", as_of=D).promoted  # cross-sell's recommended offer
+    assert pipeline.train_toolkit(s, "personas", as_of=D).promoted  # the persona tag
     score(s, D)
     return s
 
@@ -346,6 +348,11 @@ def test_audiences_publish_rerun_identical_and_measure(scored_shop):
     assert rows.join(bought, left_on=["customer_id", "product"], right_on=["customer_id", "product_id"]).is_empty()
     exported = pl.read_csv(read_export(store, D.isoformat(), "cross-sell"), infer_schema=False)
     assert exported.select(product_columns(3)).null_count().sum_horizontal().item() == 0
+    # the composition report shows each audience by persona
+    report = lake.store.get_text(f"reports/audiences/dt={D.isoformat()}/composition.md")
+    shown = {line.split(" | ")[1] for line in report.splitlines() if line.startswith("| persona |")}
+    assert shown and shown <= set(champion_personas(s).names)
+    assert "persona=" not in report  # shown, never warned about: audiences differ by behaviour on purpose
     # a rerun is byte-identical
     build(s, D)
     assert snapshot_bytes() == before

@@ -197,6 +197,20 @@ def with_product_columns(members: pl.DataFrame, n: int) -> pl.DataFrame:
     return members.select([c for c in members.columns if c not in products] + products)
 
 
+def with_personas(settings: Settings, cands: pl.DataFrame) -> pl.DataFrame:
+    """``cands`` with the ``persona`` profile tag (propensity-personas@champion on the
+    candidates' snapshot features), for rules and the composition report; unchanged while no
+    persona model is registered (a rule that names ``persona`` then fails, naming the column)."""
+    if not settings.personas.enabled or "persona" in cands.columns:
+        return cands
+    from propensity.models.personas_train import champion_personas
+
+    model = champion_personas(settings)
+    if model is None:
+        return cands
+    return cands.with_columns(pl.Series("persona", model.assign(cands.to_pandas()), dtype=pl.String))
+
+
 def score_models(scores: dict[str, pl.DataFrame]) -> dict[str, dict[str, Any]]:
     """Per task, the model that made its scores (name, version, run id)."""
     cols = ("model_name", "model_version", "run_id")
@@ -298,6 +312,7 @@ def build(
     tasks = sorted({s.task for s in all_specs} | {t for t in settings.tasks if f"{t}_" in rules})
     cands, scores = candidates(settings, lake, d, tasks, consent)
     cands = with_uplift(settings, enrich(cands) if enrich else cands, specs)
+    cands = with_personas(settings, cands)
     taken = {c for k in kept for c in k.members[KEY].to_list()}
     sel = select_all(cands, specs, d, cfg.frequency_cap, cfg.control_fraction, taken=taken)
     with_products(settings, d, sel)
@@ -308,7 +323,7 @@ def build(
         s.members = s.members.with_columns(pseudonymize(s.members[KEY], salt))
     ordered = sorted(sel + kept, key=lambda s: (s.spec.priority, s.spec.name))
     run = AudienceRun(d, ordered, models=models, dry_run=dry_run, kept=kept_docs)
-    dims = [c for c in ("country", "lifecycle_stage", "gender", "age_band") if c in cands.columns]
+    dims = [c for c in ("country", "lifecycle_stage", "gender", "age_band", "persona") if c in cands.columns]
     for s in run.selections:
         base = cands.filter(pl.col(f"{s.spec.task}_score").is_not_null()).select(KEY, *dims)
         run.compositions.append(

@@ -2,8 +2,9 @@
 
 Models never see gender or age band, but the features they use can correlate with them;
 this report makes the outcome visible per audience (by country, lifecycle stage, gender and
-age band) and warns when a group's share in the audience differs from its share in the
-base by more than ``audiences.composition_max_ratio`` (either way).
+age band, and by persona where a persona model is registered) and warns, on the first four,
+when a group's share in the audience differs from its share in the base by more than
+``audiences.composition_max_ratio`` (either way).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass, field
 import polars as pl
 
 DIMENSIONS = ("country", "lifecycle_stage", "gender", "age_band")
+#: dimensions shown but never warned about: an audience is meant to differ from its base by
+#: behaviour, and the persona tag (propensity-personas@champion) is behaviour
+SHOWN_ONLY = ("persona",)
 
 
 @dataclass
@@ -33,13 +37,14 @@ def compare(
     audience: str, members: pl.DataFrame, base: pl.DataFrame, max_ratio: float, min_share: float
 ) -> Composition:
     out = Composition(audience)
-    for dim in DIMENSIONS:
+    for dim in DIMENSIONS + SHOWN_ONLY:
         a, b = shares(members, dim), shares(base, dim)
         for group in sorted(set(a) | set(b)):
             sa, sb = a.get(group, 0.0), b.get(group, 0.0)
             ratio = sa / sb if sb else float("inf")
             out.rows.append({"dimension": dim, "group": group, "audience": sa, "base": sb, "ratio": ratio})
-            if members.height and sb >= min_share and (ratio > max_ratio or ratio < 1 / max_ratio):
+            outside = ratio > max_ratio or ratio < 1 / max_ratio
+            if dim in DIMENSIONS and members.height and sb >= min_share and outside:
                 out.warnings.append(
                     f"{audience}: {dim}={group} is {sa:.1%} of the audience vs {sb:.1%} of the eligible base "
                     f"(ratio {ratio:.2f}, limit {max_ratio:g})"
