@@ -13,6 +13,9 @@ Retraining on the same data digest and parameters registers nothing and says "un
   champion (a new shop gets its first models); a manual run, the `tasks` param.
 * **Params**: `date` (`T`, for a run without a partition key), `tasks` (the configured ones),
   `tuning_trials`, `promote`.
+* **Toolkit models**: `train_toolkit` trains `propensity-recommendations` and `propensity-personas`
+  (the enabled ones) on the retraining weekday, when they have no champion, and on a manual run
+  of every task; never on drift.
 * **XCom**: each mapped `train` pushes `mlflow` (run, model version, promoted): the MLflow links.
 * **Assets**: `models.<task>` (through the alias `models`) when a version became champion;
   in a run started by a new snapshot, `champions_ready` then updates `champions` for `T`:
@@ -81,16 +84,38 @@ def train_models():
         log.info("%s: %s", name, record.report.get("outcome"))
         return record.to_dict()
 
+    @task
+    @fail_fast
+    def select_toolkit(params=None, dag_run=None, triggering_asset_events=None) -> list[str]:
+        run = steps.Run.of(dag_run.partition_key, params)
+        names, why = steps.toolkit_models(run, triggering_asset_events, dag_run.partition_key)
+        log.info("training %s as of %s: %s", names or "no toolkit model", run.day, why)
+        return names
+
+    @task(
+        pool=HEAVY_POOL,
+        map_index_template="{{ propensity_task }}",
+        **io_task_args(execution_timeout=TRAIN_EXECUTION_TIMEOUT),
+    )
+    @fail_fast
+    def train_toolkit(name: str, params=None, dag_run=None, ti=None) -> dict:
+        get_current_context()["propensity_task"] = name
+        record = steps.train_toolkit(steps.Run.of(dag_run.partition_key, params), name)
+        ti.xcom_push(key=MLFLOW_XCOM_KEY, value=record.mlflow)
+        return record.to_dict()
+
     @task(outlets=[asset("champions")], trigger_rule=TriggerRule.NONE_FAILED)
     @fail_fast
-    def champions_ready(trained, params=None, dag_run=None, triggering_asset_events=None, outlet_events=None) -> dict:
+    def champions_ready(
+        trained, toolkit, params=None, dag_run=None, triggering_asset_events=None, outlet_events=None
+    ) -> dict:
         run = steps.Run.of(dag_run.partition_key, params)
         if not steps.features_triggered(triggering_asset_events, dag_run.partition_key):
             raise AirflowSkipException("not started by a new snapshot: its scores are not redone")
         outlet_events[asset("champions")].extra = extra = steps.champions_extra(run, trained)
         return extra
 
-    champions_ready(train.expand(name=select_tasks()))
+    champions_ready(train.expand(name=select_tasks()), train_toolkit.expand(name=select_toolkit()))
 
 
 train_models()

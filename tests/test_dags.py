@@ -710,6 +710,16 @@ def test_configured_tasks_are_trained_once_and_registered(scoring_runs, airflow_
         assert str(client.get_model_version_by_alias(f"propensity-{task}", "champion").version) == "1"
     events = {e["uri"]: e for e in first["asset_events"]}
     assert set(events) == {asset_uri("models", t) for t in CONFIGURED}
+    # a manual run of every task trains the toolkit models beside them
+    toolkit = _airflow_rows(
+        airflow_env,
+        "SELECT rendered_map_index, state FROM task_instance WHERE dag_id = 'train_models' "
+        "AND run_id = ? AND task_id = 'train_toolkit' ORDER BY map_index",
+        first["run_id"],
+    )
+    assert toolkit == [("recommendations", "success"), ("personas", "success")], toolkit
+    for name in ("propensity-recommendations", "propensity-personas"):
+        assert client.get_model_version_by_alias(name, "champion").version
     # the same data and parameters again: logged as unchanged, no new version, the champion stays
     assert second["state"] == "success", second["log"][-5000:]
     for task in CONFIGURED:

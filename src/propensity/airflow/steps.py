@@ -279,6 +279,29 @@ def training_tasks(run: Run, triggering_asset_events: Any, key: str | None) -> t
     return names, "manual run"
 
 
+def toolkit_models(run: Run, triggering_asset_events: Any, key: str | None) -> tuple[list[str], str]:
+    """The toolkit models (:data:`propensity.pipeline.TOOLKIT`, the enabled ones) a
+    ``train_models`` run trains, and why: on a new snapshot, all on the retraining weekday and
+    otherwise those without a champion; on a manual run, all unless ``tasks`` names only some
+    of the tasks; never on drift, which is measured per propensity task."""
+    names = pipeline.enabled_toolkit(run.settings)
+    if drift_tasks(triggering_asset_events, key) is not None:
+        return [], "drift retrains the breached tasks only"
+    if features_triggered(triggering_asset_events, key):
+        if run.day.weekday() == run.settings.models.retrain_weekday:
+            return names, f"snapshot {run.day} falls on the retraining weekday"
+        return [n for n in names if not has_champion(run.settings, n)], "not the retraining weekday: those missing"
+    requested = run.params.get("tasks")
+    if requested and set(pipeline.selected_tasks(run.settings, requested)) != set(run.settings.tasks):
+        return [], f"manual run of {requested} only"
+    return names, "manual run"
+
+
+def train_toolkit(run: Run, name: str) -> pipeline.ToolkitRecord:
+    """Train, register and gate one toolkit model as of the run's snapshot."""
+    return pipeline.train_toolkit(run.settings, name, as_of=run.day)
+
+
 def train(run: Run, name: str) -> pipeline.TrainRecord:
     """Train, register and gate one task as of the run's snapshot."""
     [record] = pipeline.train(
