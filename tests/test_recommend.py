@@ -21,7 +21,7 @@ def data(clean_bulk):
 
 
 def test_recommendations_are_catalogue_products_the_customer_never_bought(data):
-    model, hist = rec.fit_at(data, FIT, view_days=30)
+    model, hist = rec.fit_at(data, FIT, view_days=365)
     inter = hist.matrices()
     top = model.recommend(inter.bought, inter.viewed, k=10)
     assert top.shape == (len(inter.customers), 10)
@@ -34,12 +34,12 @@ def test_recommendations_are_catalogue_products_the_customer_never_bought(data):
     ranked = np.take_along_axis(scores, top[:50], axis=1)
     assert (np.diff(ranked, axis=1) <= 1e-12).all()
     # the same data give the same lists
-    again, _ = rec.fit_at(data, FIT, view_days=30)
+    again, _ = rec.fit_at(data, FIT, view_days=365)
     assert (again.recommend(inter.bought, inter.viewed, k=10) == top).all()
 
 
 def test_cold_customers_get_the_popular_products(data):
-    model, hist = rec.fit_at(data, FIT, view_days=30)
+    model, hist = rec.fit_at(data, FIT, view_days=365)
     cold = hist.matrices(pl.Series(["nobody-1", "nobody-2"]))
     top = model.recommend(cold.bought, cold.viewed, k=5)
     assert (top[0] == top[1]).all() and (top[0] == np.argsort(-model.popularity, kind="stable")[:5]).all()
@@ -49,7 +49,7 @@ def test_out_of_time_recall_beats_popularity(data):
     """recall@10 of the next 45 days' new purchases: the blended item-item model beats the shop's
     most popular products (on the demo shop the bench measures the ratio; this small shop has
     4,000 customers and about 600 of them buy a new product in the window)."""
-    model, hist = rec.fit_at(data, FIT, view_days=30)
+    model, hist = rec.fit_at(data, FIT, view_days=365)
     later = rec.bought_between(data, FIT, FIT + timedelta(days=WINDOW))
     ev = rec.evaluate(model, hist, later)
     assert ev.customers > 200

@@ -500,7 +500,12 @@ class RecommendationsConfig(BaseModel):
     horizon_days: int = Field(
         60, ge=1, description="the evaluation window: products first bought in the H days after the test date"
     )
-    view_days: int = Field(30, ge=0, description="days of product views a customer's history includes")
+    view_days: int = Field(
+        365,
+        ge=0,
+        description="days of product views a customer's history includes: a taste for categories is stable, and "
+        "a year of views rather than 30 days raised recall@10 on the demo shop from 0.095 to 0.120 (popularity: 0.079)",
+    )
     blends: list[float] = Field(
         default_factory=lambda: [0.0, 0.5, 2.0, 8.0, 100.0],
         min_length=1,
