@@ -198,6 +198,12 @@ def test_incremental_profit_prefers_the_persuadable_to_the_sure_thing():
     assert s.members["customer_id"].to_list() == ["C0000001"]
     assert s.members["expected_value"][0] == pytest.approx(0.15 * 80 * 0.2 - 0.1 * 0.1 * 80 - 0.25)
     assert s.suppressed["negative_uplift"] == 1 and s.suppressed["unprofitable"] == 2
+    # a customer without an order value is worth the median of the matched candidates', not 0:
+    # the persuadable with no purchase history yet is still priced like a customer
+    newcomer = cands.with_columns(pl.Series("aov_365d", [80.0, None, 40.0, 80.0]))
+    s = select_all(newcomer, [aud], D, CAP, 0.0)[0]
+    assert s.members["customer_id"].to_list() == ["C0000001"]
+    assert s.members["expected_value"][0] == pytest.approx(0.15 * 80 * 0.2 - 0.1 * 0.1 * 80 - 0.25)
 
 
 def test_bad_rule_is_named():

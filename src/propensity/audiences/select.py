@@ -83,8 +83,9 @@ def _flag(column: str, missing: bool = False) -> pl.Expr:
     return pl.col(column).cast(pl.Boolean).fill_null(missing)
 
 
-def suppression_reason(c: pl.DataFrame, spec: AudienceSpec, cap: int) -> pl.Series:
-    """The first suppression reason per candidate, or null when the customer may be contacted."""
+def suppression_reason(c: pl.DataFrame, spec: AudienceSpec, cap: int, value_fill: float = 0.0) -> pl.Series:
+    """The first suppression reason per candidate, or null when the customer may be contacted
+    (``value_fill``: the value of a candidate without one, see :func:`incremental_profit`)."""
     consented = pl.any_horizontal([_flag(CONSENT_COLUMN[ch]) for ch in spec.channels])
     recent = (
         pl.col("recency_days").is_not_null() & (pl.col("recency_days") < spec.exclude_purchased_days)
@@ -92,7 +93,8 @@ def suppression_reason(c: pl.DataFrame, spec: AudienceSpec, cap: int) -> pl.Seri
         else pl.lit(False)
     )
     floor = spec.min_profit if spec.rank == "incremental_profit" else None
-    loses_money = incremental_profit(spec, f"{spec.task}_score") < floor if floor is not None else pl.lit(False)
+    profit = incremental_profit(spec, f"{spec.task}_score", value_fill)
+    loses_money = profit < floor if floor is not None else pl.lit(False)
     expr = (
         pl.when(_flag("global_opt_out", missing=True))
         .then(pl.lit("global_opt_out"))
@@ -116,18 +118,31 @@ def uplift_column(spec: AudienceSpec) -> str:
     return UPLIFT_PREFIX + spec.uplift_kind()
 
 
-def incremental_profit(spec: AudienceSpec, score: str) -> pl.Expr:
+def incremental_profit(spec: AudienceSpec, score: str, value_fill: float = 0.0) -> pl.Expr:
     """Expected profit of contacting a customer, against not contacting them:
     ``u * v * (margin - discount) - discount * p * v - cost * (p + u) - contact_cost``, with
     ``u`` the predicted effect on P(purchase), ``p`` the task score (P(purchase) without
     contact) and ``v`` the value column (an order's value): the margin of the incremental
     orders net of their discount, the discount given away on the orders that would have
-    happened anyway (cannibalised), the offer's cost per redemption, the contact's cost."""
+    happened anyway (cannibalised), the offer's cost per redemption, the contact's cost.
+
+    A customer without a value (no order yet, so no average order value) counts at
+    ``value_fill``, the median of the audience's matched candidates (:func:`value_prior`): as 0
+    every incremental order of a new customer was worth nothing, so the ranking preferred
+    anyone without a purchase history to every buyer, whatever their predicted effect."""
     u = pl.col(uplift_column(spec))
     p = pl.col(score)
-    v = pl.col(spec.value or "").cast(pl.Float64).fill_null(0.0)
+    v = pl.col(spec.value or "").cast(pl.Float64).fill_null(value_fill)
     o = spec.offer
     return u * v * (spec.margin - o.discount) - o.discount * p * v - o.cost * (p + u) - spec.contact_cost
+
+
+def value_prior(matched: pl.DataFrame, spec: AudienceSpec) -> float:
+    """The median of ``spec``'s value column over the matched candidates that have one (0 when none do)."""
+    if not spec.value or spec.value not in matched.columns:
+        return 0.0
+    med = matched[spec.value].cast(pl.Float64).median()
+    return float(med) if med is not None else 0.0
 
 
 def first_channel(c: pl.DataFrame, channels: list[str]) -> pl.Series:
@@ -185,12 +200,13 @@ def select_one(
     sel = Selection(spec, pl.DataFrame(schema=MEMBER_SCHEMA), matched=matched.height)
     fresh = matched.filter(~pl.col(KEY).is_in(list(taken)))
     sel.deduplicated = matched.height - fresh.height
-    reason = suppression_reason(fresh, spec, cap)
+    fill = value_prior(matched, spec) if spec.rank == "incremental_profit" else 0.0
+    reason = suppression_reason(fresh, spec, cap, fill)
     sel.suppressed = {r: int((reason == r).sum()) for r in SUPPRESSION_REASONS}
     ok = fresh.filter(reason.is_null())
     value = pl.col(spec.value).cast(pl.Float64).fill_null(0.0) if spec.value else pl.lit(None, pl.Float64)
     if spec.rank == "incremental_profit":
-        worth = incremental_profit(spec, score)
+        worth = incremental_profit(spec, score, fill)
     elif spec.value:
         worth = pl.col(score) * pl.col("value")
     else:
