@@ -220,10 +220,7 @@ def cmd_train(s: Settings, a: argparse.Namespace) -> int:
 
             write_report({"uplift": report}, Path(a.report))
         return 0
-    records: list[Any] = pipeline.train(s, a.tasks, a.as_of)
-    if not a.tasks:  # the whole set: the toolkit models too
-        records += [pipeline.train_toolkit(s, name, a.as_of) for name in pipeline.enabled_toolkit(s)]
-    print_train(s, records, a.report)
+    print_train(s, pipeline.train_all(s, a.tasks, a.as_of), a.report)
     return 0
 
 

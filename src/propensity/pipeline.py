@@ -351,6 +351,22 @@ def train_toolkit(
     return ToolkitRecord(name=name, report=_plain(r.report()), mlflow=_plain(coords))
 
 
+def train_all(
+    settings: Settings,
+    tasks: Iterable[str] | None = None,
+    as_of: date | None = None,
+    *,
+    builder: SnapshotBuilder | None = None,
+) -> list[TrainRecord | ToolkitRecord]:
+    """``propensity train``: the ``tasks`` (:func:`train`) and, when no tasks are named (the
+    whole set), the enabled toolkit models (:func:`train_toolkit`) as of the same date."""
+    builder = _builder(settings, builder)
+    records: list[TrainRecord | ToolkitRecord] = list(train(settings, tasks, as_of, builder=builder))
+    if not tasks:
+        records += [train_toolkit(settings, n, as_of, builder=builder) for n in enabled_toolkit(settings)]
+    return records
+
+
 def train(
     settings: Settings,
     tasks: Iterable[str] | None = None,
@@ -566,10 +582,7 @@ def run(
         builder = SnapshotBuilder(settings)
         step("features", features_plan(settings, options.tasks, options.as_of, builder))
     if "train" in stages:
-        records: list[Any] = train(settings, options.tasks, options.as_of, builder=builder)
-        if not options.tasks:  # the whole set: the toolkit models too
-            records += [train_toolkit(settings, n, options.as_of, builder=builder) for n in enabled_toolkit(settings)]
-        step("train", records)
+        step("train", train_all(settings, options.tasks, options.as_of, builder=builder))
     day = end + timedelta(days=1)
     if "score" in stages:
         step("score", score(settings, day, options.tasks, builder))
