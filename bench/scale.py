@@ -9,7 +9,8 @@ stage stands on, seconds per million events, and each process's peak RSS:
 * ``features 1``: the scoring snapshot ``T`` (end + 1) unsharded, for the memory comparison;
 * ``features shard i/S`` and ``features merge``: the same snapshot with ``features.shards = S``
   (each shard reads only its customer buckets of the clean history, :mod:`propensity.shards`);
-* ``train``: the three tasks, from the published snapshots;
+* ``train``: the three tasks from the published snapshots, then the recommender and the personas
+  (``propensity train``);
 * ``score prepare``, ``score shard``, ``score merge``: ``scoring.shards = S`` (the slowest shard
   and merge are shown; the RSS column is the largest of them);
 * ``audiences`` at ``T``.
@@ -95,8 +96,8 @@ def child(
         return {"customers": pipeline.features_shard(s, t, int(arg or 0))["customers"]}
     if stage == "features merge":
         return {"customers": pipeline.merge_features(s, t).customers}
-    if stage == "train":
-        return {"tasks": len(pipeline.train(s))}
+    if stage == "train":  # what propensity train runs: the tasks, then recommendations and personas
+        return {"models": len(pipeline.train_all(s))}
     if stage == "score prepare":
         return pipeline.prepare_scoring(s, t)
     if stage == "score shard":
