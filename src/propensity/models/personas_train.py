@@ -58,18 +58,10 @@ class PersonaResult:
 
 def champion_personas(settings: Settings) -> Personas | None:
     """The champion persona model (None when there is none)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from propensity.models.registry import champion_python_model
 
-    from propensity.models.registry import CHAMPION
-    from propensity.models.tracking import configure
-
-    configure(settings)
-    try:
-        loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
-    except MlflowException:
-        return None
-    return loaded.unwrap_python_model().personas
+    wrapper = champion_python_model(settings, MODEL_NAME)
+    return None if wrapper is None else wrapper.personas
 
 
 def fit_at(settings: Settings, features: pd.DataFrame, snapshot: date, previous: Personas | None) -> PersonaResult:

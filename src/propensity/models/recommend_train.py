@@ -158,24 +158,16 @@ def log_and_register(settings: Settings, data: Any, r: RecommendResult, promote:
 
 def champion_model(settings: Settings) -> ItemItem | None:
     """The champion recommender (None when there is none)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from propensity.models.registry import champion_python_model
 
-    from propensity.models.registry import CHAMPION
-    from propensity.models.tracking import configure
-
-    configure(settings)
-    try:
-        loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
-    except MlflowException:
-        return None
-    return loaded.unwrap_python_model().model
+    wrapper = champion_python_model(settings, MODEL_NAME)
+    return None if wrapper is None else wrapper.model
 
 
 def gate(settings: Settings, data: Any, r: RecommendResult, client: Any, promote: bool) -> dict[str, Any]:
     """``challenger`` always; ``champion`` unless the champion's recall@10 on the same test is
     higher by more than the margin."""
-    from propensity.models.registry import CHALLENGER, current_champion, set_champion
+    from propensity.models.registry import CHALLENGER, current_champion, scalar_gate
 
     version = str(r.model_version)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
@@ -188,19 +180,9 @@ def gate(settings: Settings, data: Any, r: RecommendResult, client: Any, promote
             hist = History.before(data, r.test_date, cfg.view_days)
             later = bought_between(data, r.test_date, r.test_date + timedelta(days=cfg.horizon_days))
             champion_recall = evaluate(model, hist, later).recall_at_10
-    recall = r.test.recall_at_10
     margin = settings.recommendations.margin
-    passed = champion_recall is None or recall >= champion_recall - margin
-    promoted = passed and promote
-    if promoted:
-        set_champion(client, MODEL_NAME, version, str(champ.version) if champ is not None else None)
-    reason = (
-        "first version"
-        if champion_recall is None
-        else f"test recall@10 {recall:.4f} vs champion v{champ.version} {champion_recall:.4f} (margin {margin})"
-    )
-    client.set_model_version_tag(MODEL_NAME, version, "gate.decision", ("passed: " if passed else "refused: ") + reason)
-    return {"model": MODEL_NAME, "version": version, "passed": passed, "promoted": promoted, "reason": reason}
+    recall = r.test.recall_at_10
+    return scalar_gate(client, MODEL_NAME, version, "recall@10", recall, champ, champion_recall, margin, promote)
 
 
 def products_for(settings: Settings, d: date, customers: list[str], n: int) -> Any:

@@ -293,6 +293,47 @@ def write_history(client: MlflowClient, name: str, history: list[str]) -> None:
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_LIMIT:]))
 
 
+def scalar_gate(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    metric: str,
+    value: float,
+    champion: Any | None,
+    champion_value: float | None,
+    margin: float,
+    promote: bool,
+    digits: int = 4,
+) -> dict[str, Any]:
+    """The gate of a model judged by one test figure (uplift's Qini, the recommender's recall):
+    ``champion`` unless the champion's ``metric`` on the same test (``champion_value``; None for
+    a first version) beats ``value`` by more than ``margin``. Tags the decision on the version."""
+    passed = champion_value is None or value >= champion_value - margin
+    promoted = passed and promote
+    if promoted:
+        set_champion(client, name, version, str(champion.version) if champion is not None else None)
+    reason = (
+        "first version"
+        if champion_value is None or champion is None
+        else f"test {metric} {value:.{digits}f} vs champion v{champion.version} {champion_value:.{digits}f} "
+        f"(margin {margin})"
+    )
+    client.set_model_version_tag(name, version, "gate.decision", ("passed: " if passed else "refused: ") + reason)
+    return {"model": name, "version": version, "passed": passed, "promoted": promoted, "reason": reason}
+
+
+def champion_python_model(settings: Settings, name: str) -> Any | None:
+    """The Python object behind ``name``'s champion pyfunc (None when there is no champion)."""
+    from propensity.models.tracking import configure
+
+    configure(settings)
+    try:
+        loaded = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    except MlflowException:
+        return None
+    return loaded.unwrap_python_model()
+
+
 def set_champion(client: MlflowClient, name: str, version: str, previous: str | None) -> None:
     """Make ``version`` the champion and record it in the history; versions a return to an
     earlier champion leaves behind are tagged rolled back, and ``version`` itself no longer is."""

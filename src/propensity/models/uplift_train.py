@@ -366,7 +366,7 @@ def gate_uplift(settings: Settings, fr: UpliftFrames, r: UpliftResult, client: A
     same test beats it by more than ``uplift.margin``."""
     import mlflow
 
-    from propensity.models.registry import CHALLENGER, CHAMPION, current_champion, set_champion
+    from propensity.models.registry import CHALLENGER, CHAMPION, current_champion, scalar_gate
 
     name, version = uplift_model_name(fr.kind), str(r.model_version)
     client.set_registered_model_alias(name, CHALLENGER, version)
@@ -377,25 +377,10 @@ def gate_uplift(settings: Settings, fr: UpliftFrames, r: UpliftResult, client: A
         effect = np.asarray(scorer.predict(fr.test[fr.features].astype("float64")), dtype=float)
         champion_qini = _qini(fr.test["converted"].to_numpy(float), fr.test["treated"].to_numpy(bool), effect)
     qini = float(r.metrics["qini"] or 0.0)
-    passed = champion_qini is None or qini >= champion_qini - settings.uplift.margin
-    promoted = passed and promote
-    if promoted:
-        set_champion(client, name, version, str(champ.version) if champ is not None else None)
-    reason = (
-        "first version"
-        if champion_qini is None
-        else f"test Qini {qini:.5f} vs champion v{champ.version} {champion_qini:.5f} (margin {settings.uplift.margin})"
+    decision = scalar_gate(
+        client, name, version, "Qini", qini, champ, champion_qini, settings.uplift.margin, promote, digits=5
     )
-    client.set_model_version_tag(name, version, "gate.decision", ("passed: " if passed else "refused: ") + reason)
-    return {
-        "model": name,
-        "version": version,
-        "qini": qini,
-        "champion_qini": champion_qini,
-        "passed": passed,
-        "promoted": promoted,
-        "reason": reason,
-    }
+    return {**decision, "qini": qini, "champion_qini": champion_qini}
 
 
 def train_uplift(settings: Settings, kind: str, register: bool = True, promote: bool = True) -> UpliftResult:
