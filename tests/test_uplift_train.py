@@ -109,7 +109,8 @@ def test_an_uplift_model_learns_who_the_offer_moves_and_is_gated_on_qini(explore
     kind = campaign_kind(OFFER)
     r = train_uplift(s, kind)
     assert r.n_train > 8_000 and r.n_test > 5_000  # five sends to about 2,900 contactable customers
-    assert r.learner in ("t", "x") and set(r.valid_qini) == {f"{lr}:{n}" for lr in ("t", "x") for n in (100, 200, 400)}
+    learners = ("t", "x")
+    assert r.learner in learners and set(r.valid_qini) == {f"{lr}:{n}" for lr in learners for n in (100, 200, 400)}
     assert r.metrics["qini"] > 0, r.metrics  # better than random targeting, out of time
     # the baselines: the members' (here uninformative) score, and the true effects as the ceiling
     assert set(r.baseline_qini) == {"propensity", "oracle"}

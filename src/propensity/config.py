@@ -469,8 +469,13 @@ class UpliftConfig(BaseModel):
     test_campaigns: int = Field(
         2, ge=1, description="the latest campaign dates with a complete window form the out-of-time test"
     )
-    learners: list[Literal["t", "x"]] = Field(
-        default_factory=lambda: ["t", "x"], min_length=1, description="meta-learners tried; validation Qini picks"
+    learners: list[Literal["t", "x", "dr"]] = Field(
+        default_factory=lambda: ["t", "x"],
+        min_length=1,
+        description="meta-learners tried (two-model, X, doubly robust with the design's known propensities); "
+        "validation Qini picks. dr is not tried by default: pooling a ranked audience's members (90% treated) with "
+        "an exploration slice (50%), its 1/0.1 weights on the ranked controls cost more variance than they remove "
+        "bias (correlation with the true effect 0.58 against the X-learner's 0.79, tests/test_uplift.py)",
     )
     rounds: list[int] = Field(
         default_factory=lambda: [100, 200, 400], min_length=1, description="boosting rounds tried per component"

@@ -230,14 +230,15 @@ def fit_and_evaluate(fr: UpliftFrames, settings: Settings) -> UpliftResult:
         "colsample_bytree": cfg.colsample_bytree,
         "random_state": settings.models.seed,
     }
+    e = fr.train["p_treatment"].to_numpy(float) if "p_treatment" in fr.train.columns else None
     valid_qini: dict[str, float] = {}
     for learner in cfg.learners:
         for rounds in cfg.rounds:
-            m = fit_uplift(x[~held], t[~held], y[~held], learner, params, rounds)
+            m = fit_uplift(x[~held], t[~held], y[~held], learner, params, rounds, None if e is None else e[~held])
             valid_qini[f"{learner}:{rounds}"] = _qini(y[held], t[held], m.effect(x[held]))
     best = max(valid_qini, key=lambda k: valid_qini[k])
     learner, rounds = best.split(":")[0], int(best.split(":")[1])
-    model = fit_uplift(x, t, y, learner, params, rounds)
+    model = fit_uplift(x, t, y, learner, params, rounds, e)
     xt = feature_matrix(fr.test, fr.features)
     effect = model.effect(xt)
     yt, tt = fr.test["converted"].to_numpy(float), fr.test["treated"].to_numpy(bool)
