@@ -56,3 +56,14 @@ def test_out_of_time_recall_beats_popularity(data):
     assert 0 < ev.baseline_recall_at_10["popularity"] < ev.recall_at_10 <= 1
     assert ev.hit_rate_at_10 >= ev.recall_at_10
     assert set(ev.baseline_recall_at_10) == {"popularity", "top_category"}
+
+
+def test_the_recommenders_narrow_read_gives_the_same_history(clean_bulk, data):
+    """history_data reads four tables and a few columns; what History sees is the same."""
+    from propensity.lake import Lake
+
+    narrow = rec.History.before(rec.history_data(Lake.open(clean_bulk.lake_uri)), FIT, 365)
+    whole = rec.History.before(data, FIT, 365)
+    for a, b in ((narrow.bought, whole.bought), (narrow.viewed, whole.viewed)):
+        assert a.sort(a.columns).equals(b.sort(b.columns)) and a.height > 0
+    assert narrow.products.equals(whole.products)

@@ -151,6 +151,7 @@ class ShopData:
         zone: str = CLEAN,
         columns: dict[str, list[str]] | None = None,
         buckets: range | None = None,
+        tables: Collection[str] | None = None,
     ) -> tuple[ShopData, dict[str, set[date]], dict[str, tuple[datetime, datetime]]]:
         """Every table (the clean zone through its compacted history, :mod:`propensity.history`),
         and the days each table had published in the listing its rows were read from: the gap
@@ -160,14 +161,21 @@ class ShopData:
         buckets are not read, and every table is narrowed to the buckets (:meth:`in_buckets`:
         only the days newer than the history have rows to drop); the third
         value then gives, per :data:`EDGE_COLUMNS` table, the first and last time of the
-        history's rows (all buckets), so :meth:`span` of the shard is the whole shop's."""
+        history's rows (all buckets), so :meth:`span` of the shard is the whole shop's.
+        ``tables`` reads only those tables; the others are empty (a reader that needs four
+        tables does not hold the other five)."""
         frames, days, edges = {}, {}, {}
         cols_of = columns or {}
-        with ThreadPoolExecutor(min(lake.io_threads, len(TABLE_NAMES))) as pool:  # Parquet decoding frees the GIL
-            read = pool.map(lambda name: history.read(lake, name, cols_of.get(name), zone, buckets), TABLE_NAMES)
-            found = dict(zip(TABLE_NAMES, read, strict=True))
+        wanted = [n for n in TABLE_NAMES if tables is None or n in tables]
+        with ThreadPoolExecutor(min(lake.io_threads, len(wanted))) as pool:  # Parquet decoding frees the GIL
+            read = pool.map(lambda name: history.read(lake, name, cols_of.get(name), zone, buckets), wanted)
+            found = dict(zip(wanted, read, strict=True))
         for name in TABLE_NAMES:
             cols = cols_of.get(name)
+            if name not in found:
+                frames[name] = _empty(name).select(cols or pl.all())
+                days[name] = set()
+                continue
             df, listing = found[name]
             df = df if df is not None and df.height else _empty(name).select(cols or pl.all())
             frames[name] = _compact(name, df)

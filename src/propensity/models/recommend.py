@@ -26,10 +26,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from propensity.features.inputs import ShopData
 
 #: similar products kept per product: enough for a top 10, and the matrix stays products x 100
 NEIGHBOURS = 100
@@ -71,6 +75,23 @@ def purchases(orders: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
     """Distinct (customer_id, product_id) of non-cancelled orders' lines."""
     kept = orders.filter(pl.col("status") != "cancelled").select("order_id", "customer_id")
     return items.select("order_id", "product_id").join(kept, on="order_id").select("customer_id", "product_id").unique()
+
+
+#: what a recommender reads of the clean zone: four tables, the columns :meth:`History.before` uses
+HISTORY_COLUMNS = {
+    "orders": ["order_id", "customer_id", "order_time", "status", "updated_at"],
+    "order_items": ["order_id", "line_no", "product_id", "created_at", "updated_at"],
+    "events": ["customer_id", "event_time", "event_type", "product_id"],
+    "products": ["product_id", "category", "list_price", "updated_at"],
+}
+
+
+def history_data(lake) -> ShopData:
+    """The clean zone's orders, order lines, events and products, only the columns a
+    recommender reads (at a million customers the whole clean history held 13.8 GB)."""
+    from propensity.features.inputs import ShopData
+
+    return ShopData.load_listed(lake, columns=HISTORY_COLUMNS, tables=HISTORY_COLUMNS)[0]
 
 
 @dataclass(frozen=True)

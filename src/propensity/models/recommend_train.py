@@ -190,12 +190,14 @@ def products_for(settings: Settings, d: date, customers: list[str], n: int) -> A
     what each bought before ``d`` and viewed in ``recommendations.view_days`` before it."""
     import polars as pl
 
-    from propensity.features.snapshot import SnapshotBuilder
+    from propensity.lake import Lake
+    from propensity.models.recommend import history_data
     from propensity.models.recommend_pyfunc import input_frame, product_lists
 
     model = champion_model(settings)
     if model is None:
         raise RequestError(f"{MODEL_NAME}@champion does not exist: run propensity train first")
-    hist = History.before(SnapshotBuilder(settings).data, d, settings.recommendations.view_days)
+    lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
+    hist = History.before(history_data(lake), d, settings.recommendations.view_days)
     lists = product_lists(model, input_frame(hist, sorted(set(customers))), min(n, len(model.products)))
     return pl.from_pandas(lists).cast(pl.String)
