@@ -101,7 +101,9 @@ def one_shop(s) -> dict[str, tuple[float, float, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--home", type=Path, action="append", help="an existing shop (repeatable)")
+    ap.add_argument(
+        "--home", type=Path, action="append", help="an existing shop simulated with the default settings (repeatable)"
+    )
     ap.add_argument("--seeds", default="", help="simulate a shop per seed under --work")
     ap.add_argument("--customers", type=int, default=20_000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/propensity-recbench"))

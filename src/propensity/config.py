@@ -521,6 +521,9 @@ class RecommendationsConfig(BaseModel):
     view_weights: list[float] = Field(
         default_factory=lambda: [0.3, 1.0], min_length=1, description="weights of a view against a purchase tried"
     )
+    valid_windows: int = Field(
+        2, ge=1, description="H-day windows before the test date pooled to choose the weights (fewer when short)"
+    )
     products: int = Field(3, ge=1, le=10, description="product columns an offer: recommended export row carries")
     margin: float = Field(0.0, ge=0, description="a challenger may be this much worse (recall@10) than the champion")
 
