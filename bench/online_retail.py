@@ -123,6 +123,14 @@ def main() -> None:
                 f"{r['n_train']:,} | {r['n_test']:,} |"
             )
     print("reference (dataset README): repurchase, plain LightGBM trained at 2011-06-01 0.723, recency alone 0.684")
+    rec = json.loads((home / "default.json").read_text()).get("recommendations")
+    if rec:  # trained by the full run: order lines only (this data has no views)
+        base = rec["baseline_recall_at_10"]
+        print(
+            f"recommendations, test {rec['test_date']} + {rec.get('horizon_days', 60)} days, {rec['customers']:,} "
+            f"customers: recall@10 {rec['recall_at_10']:.4f} (popularity {base['popularity']:.4f}, top category "
+            f"{base['top_category']:.4f}), hit rate@10 {rec['hit_rate_at_10']:.4f}, weights {rec['params']}"
+        )
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()))
 
 
