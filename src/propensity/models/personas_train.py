@@ -108,7 +108,7 @@ def log_and_register(settings: Settings, r: PersonaResult, features: pd.DataFram
 
     from propensity.models.personas_pyfunc import PersonasPyfunc
     from propensity.models.registry import current_champion, set_champion
-    from propensity.models.tracking import code_version, configure, process_tags
+    from propensity.models.tracking import code_version, configure, pip_requirements, process_tags
 
     experiment_id = configure(settings)
     p = r.personas
@@ -130,6 +130,7 @@ def log_and_register(settings: Settings, r: PersonaResult, features: pd.DataFram
                 artifacts={"personas": str(path)},
                 registered_model_name=MODEL_NAME,
                 input_example=features[p.traits].head(3).astype("float64"),
+                pip_requirements=pip_requirements(),
             )
     r.model_version = str(info.registered_model_version)
     client = MlflowClient()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -86,12 +86,13 @@ def fit_and_evaluate(settings: Settings, data: Any, t: date) -> RecommendResult:
     valid: dict[str, float] = {}
     best: tuple[float, dict[str, float]] | None = None
     for view_weight in cfg.view_weights:
+        # the similarities depend on the view weight only: fitted once per window, re-blended
+        fitted = [fit_at(data, v, cfg.view_days, history=h, view_weight=view_weight)[0] for v, h, _ in windows]
         for blend in cfg.blends:
             params = {"view_weight": view_weight, "blend": blend}
             hits = n = 0.0
-            for v, hist_v, later_v in windows:
-                model, _ = fit_at(data, v, cfg.view_days, history=hist_v, **params)
-                ev = evaluate(model, hist_v, later_v)
+            for model, (_, hist_v, later_v) in zip(fitted, windows, strict=True):
+                ev = evaluate(replace(model, blend=blend), hist_v, later_v)
                 hits, n = hits + ev.recall_at_10 * ev.customers, n + ev.customers
             recall = hits / n
             valid[f"view_weight={view_weight},blend={blend}"] = recall
@@ -131,7 +132,7 @@ def log_and_register(settings: Settings, data: Any, r: RecommendResult, promote:
     from mlflow import MlflowClient
 
     from propensity.models.recommend_pyfunc import RecommendPyfunc, save_model, signature
-    from propensity.models.tracking import code_version, configure, process_tags
+    from propensity.models.tracking import code_version, configure, pip_requirements, process_tags
 
     assert r.model is not None
     experiment_id = configure(settings)
@@ -161,6 +162,7 @@ def log_and_register(settings: Settings, data: Any, r: RecommendResult, promote:
                 artifacts=save_model(r.model, Path(tmp) / "model"),
                 registered_model_name=MODEL_NAME,
                 signature=signature(),
+                pip_requirements=pip_requirements("polars", "scipy"),
             )
     r.model_version = str(info.registered_model_version)
     r.decision = gate(settings, data, r, MlflowClient(), promote)

@@ -308,3 +308,12 @@ def settle_abandoned_runs(client: MlflowClient, experiment_id: str, now: float |
             )
         settled.append(run_id)
     return settled
+
+
+def pip_requirements(*packages: str) -> list[str]:
+    """Pinned requirements of a logged pyfunc: mlflow, numpy, pandas and ``packages``, at the
+    versions it was trained with. Left to itself, MLflow infers them by loading the model in a
+    subprocess, which took seconds per model and warned that it could not resolve pip."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "numpy", "pandas", *packages)]

@@ -50,7 +50,7 @@ from propensity.models.metrics import evaluate, group_auc, safe_auc
 from propensity.models.model import Calibrator, CategoryEncoder, PropensityModel, model_input
 from propensity.models.pyfunc import PropensityPyfunc
 from propensity.models.registry import find_unchanged, gate_and_alias, unchanged_note
-from propensity.models.tracking import code_version, configure, process_tags, settle_abandoned_runs
+from propensity.models.tracking import code_version, configure, pip_requirements, process_tags, settle_abandoned_runs
 
 log = logging.getLogger(__name__)
 
@@ -731,7 +731,7 @@ class Trainer:
                 artifacts=paths,
                 signature=signature,
                 input_example=example,
-                pip_requirements=_pip_requirements(),
+                pip_requirements=pip_requirements("lightgbm", "scikit-learn"),
                 registered_model_name=f"propensity-{r.task}" if register else None,
             )
         if register:
@@ -896,18 +896,6 @@ def _dataset(frame: pd.DataFrame, source: str, name: str) -> Any:
         ds = mlflow.data.from_pandas(rows, source=source, name=name, targets="label")
         ds.__dict__["schema"] = infer_signature(rows.head(100)).inputs  # PandasDataset.schema is a cached_property
     return ds
-
-
-def _pip_requirements() -> list[str]:
-    import sklearn
-
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"lightgbm=={lgb.__version__}",
-        f"numpy=={np.__version__}",
-        f"pandas=={pd.__version__}",
-        f"scikit-learn=={sklearn.__version__}",
-    ]
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

@@ -322,7 +322,7 @@ def log_and_register(settings: Settings, fr: UpliftFrames, r: UpliftResult, prom
     import mlflow
     from mlflow import MlflowClient
 
-    from propensity.models.tracking import code_version, configure, process_tags
+    from propensity.models.tracking import code_version, configure, pip_requirements, process_tags
     from propensity.models.uplift_pyfunc import UpliftPyfunc, save_model
 
     name = uplift_model_name(fr.kind)
@@ -356,6 +356,7 @@ def log_and_register(settings: Settings, fr: UpliftFrames, r: UpliftResult, prom
                 artifacts=artifacts,
                 registered_model_name=name,
                 input_example=fr.test[fr.features].head(5).astype("float64"),
+                pip_requirements=pip_requirements("lightgbm", "scikit-learn", "econml"),
             )
     r.model_version = str(info.registered_model_version)
     r.decision = gate_uplift(settings, fr, r, client, promote)
