@@ -234,12 +234,12 @@ def test_an_evaluation_row_cap_keeps_the_same_customers_in_every_snapshot(clean_
     the cap as a uniform sample of customers: unweighted, the same customers across snapshots
     (so the bootstrap still groups a customer's pooled rows), and the training rows untouched."""
     t = Trainer(clean_bulk)
-    plan = t.plans(["churn"], None)["churn"]
-    whole = t.frames("churn", plan, ["churn"])
+    plan = t.plans(["repurchase"], None)["repurchase"]
+    whole = t.frames("repurchase", plan, ["repurchase"])
     cap = len(whole.test) // 2
     models = clean_bulk.models.model_copy(update={"max_eval_rows": cap})
     capped = Trainer(clean_bulk.model_copy(update={"models": models}))
-    fr = capped.frames("churn", capped.plans(["churn"], None)["churn"], ["churn"])
+    fr = capped.frames("repurchase", capped.plans(["repurchase"], None)["repurchase"], ["repurchase"])
     pd.testing.assert_frame_equal(fr.train, whole.train)
     for got, full, split in ((fr.test, whole.test, plan.tests), (fr.valid, whole.valid, plan.valid)):
         assert len(got) <= len(full) and WEIGHT not in got.columns
