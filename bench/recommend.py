@@ -67,32 +67,26 @@ def one_shop(s) -> dict[str, tuple[float, float, float]]:
     model = r.model
     hist = rec.History.before(data, t, s.recommendations.view_days)
     later = rec.bought_between(data, t, t + timedelta(days=s.recommendations.horizon_days))
-    new = later.join(hist.bought, on=["customer_id", "product_id"], how="anti")
-    counts = new.group_by("customer_id").len().sort("customer_id")
-    inter = hist.matrices(counts["customer_id"], model.products)
-    truth = rec._matrix(new, rec._ids("customer_id", inter.customers), rec._ids("product_id", inter.products))
-    n_true = counts["len"].to_numpy().astype(float)
-
-    def per_customer(top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hits = np.asarray(truth[np.arange(truth.shape[0])[:, None], top].sum(axis=1)).ravel()
-        return hits / n_true, (hits > 0).astype(float)
-
-    b, v = inter.bought, inter.viewed
-    oracle = oracle_scores(s, inter.customers, model.products)
+    ev = rec.eval_set(model, hist, later)
+    b = ev.inter.bought
+    oracle = oracle_scores(s, ev.inter.customers, model.products)
     oracle[b.toarray() > 0] = -np.inf
+    base = ev.baselines(model)
     tops = {
-        "model": model.recommend(b, v),
-        "popularity": rec._top_k_blocks(rec.popularity_baseline(model.popularity), b, v, 10),
-        "top category": rec._top_k_blocks(rec.top_category_baseline(model), b, v, 10),
+        "model": model.recommend(b, ev.inter.viewed),
+        "popularity": base["popularity"],
+        "top category": base["top_category"],
         "oracle": np.argsort(-oracle, axis=1, kind="stable")[:, :10],
     }
+    per_customer = ev.per_customer
     out = {}
     for name, top in tops.items():
         recall, hit = per_customer(top)
         out[f"{name} recall@10"] = interval(recall)
         out[f"{name} hit@10"] = interval(hit)
     ratio = per_customer(tops["model"])[0].sum() / max(per_customer(tops["popularity"])[0].sum(), 1e-12)
-    print(f"{home}: test {t}, {len(n_true):,} customers with a new product in {s.recommendations.horizon_days} days; "
+    days = s.recommendations.horizon_days
+    print(f"{home}: test {t}, {len(ev.n_true):,} customers with a new product in {days} days; "
           f"weights {r.params}; model/popularity recall {ratio:.2f}")  # fmt: skip
     for k, (m, lo, hi) in out.items():
         print(f"  {k:<24} {m:.4f} [{lo:.4f}, {hi:.4f}]")

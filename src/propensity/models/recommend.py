@@ -239,16 +239,22 @@ class ItemItem:
         total = per_cat.sum(axis=1, keepdims=True)
         affinity = per_cat / np.maximum(total, 1e-12)
         cat = affinity[:, self.category] * (0.5 + self._within_category())[None, :]
-        out = cf + self.blend * cat + 1e-3 * self.popularity[None, :]
-        out[bought.toarray() > 0] = -np.inf
-        return out
+        return _without_bought(cf + self.blend * cat + 1e-3 * self.popularity[None, :], bought)
 
     def recommend(self, bought: sp.csr_matrix, viewed: sp.csr_matrix, k: int = 10) -> np.ndarray:
         """Top-``k`` product indexes per customer, best first (computed :data:`BATCH` customers at a time)."""
-        return _top_k_blocks(self.scores, bought, viewed, k)
+        return top_k(self.scores, bought, viewed, k)
 
 
-def _top_k_blocks(score, bought: sp.csr_matrix, viewed: sp.csr_matrix, k: int) -> np.ndarray:
+def _without_bought(scores: np.ndarray, bought: sp.csr_matrix) -> np.ndarray:
+    """``scores`` (customers x products) with every product a customer bought at ``-inf``."""
+    scores[bought.toarray() > 0] = -np.inf
+    return scores
+
+
+def top_k(score, bought: sp.csr_matrix, viewed: sp.csr_matrix, k: int) -> np.ndarray:
+    """Top-``k`` product indexes per customer of ``score(bought, viewed)``, best first,
+    computed :data:`BATCH` customers at a time."""
     out = []
     for start in range(0, bought.shape[0], BATCH):
         s = score(bought[start : start + BATCH], viewed[start : start + BATCH])
@@ -260,9 +266,7 @@ def popularity_baseline(recent: np.ndarray) -> callable:
     """Scores of the shop's most popular products, without what each customer bought."""
 
     def score(bought: sp.csr_matrix, viewed: sp.csr_matrix) -> np.ndarray:
-        s = np.tile(np.asarray(recent, dtype=float), (bought.shape[0], 1))
-        s[bought.toarray() > 0] = -np.inf
-        return s
+        return _without_bought(np.tile(np.asarray(recent, dtype=float), (bought.shape[0], 1)), bought)
 
     return score
 
@@ -275,9 +279,7 @@ def top_category_baseline(model: ItemItem) -> callable:
         per_cat = np.asarray(((bought + 1e-3 * viewed) @ model._onehot()).todense(), dtype=float)
         top = np.where(per_cat.max(axis=1) > 0, per_cat.argmax(axis=1), -1)
         s = (model.category[None, :] == top[:, None]) + 1e-3 * model.popularity[None, :]
-        s = s.astype(float)
-        s[bought.toarray() > 0] = -np.inf
-        return s
+        return _without_bought(s.astype(float), bought)
 
     return score
 
@@ -291,12 +293,42 @@ def bought_between(data, start: date, end: date) -> pl.DataFrame:
     return purchases(window.orders, items)
 
 
-def recall_hit(top: np.ndarray, truth: sp.csr_matrix, n_true: np.ndarray) -> tuple[float, float]:
-    """(recall@k, hit-rate@k) of ``top`` (customers x k product indexes) against ``truth``
-    (customers x products 0/1), each customer's recall over their ``n_true`` new products."""
-    picked = truth[np.arange(truth.shape[0])[:, None], top] if top.size else sp.csr_matrix((truth.shape[0], 1))
-    hits = np.asarray(picked.sum(axis=1)).ravel()
-    return float(np.mean(hits / n_true)), float(np.mean(hits > 0))
+@dataclass(frozen=True)
+class EvalSet:
+    """Who an evaluation scores: the customers who bought a product new to them in the window,
+    their histories (over a model's products), what they bought (``truth``, customers x
+    products 0/1) and how many new products each bought (``n_true``)."""
+
+    inter: Interactions
+    truth: sp.csr_matrix
+    n_true: np.ndarray
+
+    def per_customer(self, top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each customer's recall@k and hit@k (0/1) of ``top`` (customers x k product indexes);
+        a product outside the model's catalogue counts as missed."""
+        t = self.truth
+        picked = t[np.arange(t.shape[0])[:, None], top] if top.size else sp.csr_matrix((t.shape[0], 1))
+        hits = np.asarray(picked.sum(axis=1)).ravel()
+        return hits / self.n_true, (hits > 0).astype(float)
+
+    def baselines(self, model: ItemItem, k: int = 10) -> dict[str, np.ndarray]:
+        """The top ``k`` of the popularity and top-category baselines for these customers."""
+        b, v = self.inter.bought, self.inter.viewed
+        return {
+            "popularity": top_k(popularity_baseline(model.popularity), b, v, k),
+            "top_category": top_k(top_category_baseline(model), b, v, k),
+        }
+
+
+def eval_set(model: ItemItem, hist: History, later: pl.DataFrame) -> EvalSet:
+    """The :class:`EvalSet` of ``later`` (purchase pairs after ``hist``'s date) for ``model``."""
+    new = later.join(hist.bought, on=["customer_id", "product_id"], how="anti")
+    if new.is_empty():
+        raise ValueError("recommendations: nobody bought a new product in the evaluation window")
+    counts = new.group_by("customer_id").len().sort("customer_id")
+    inter = hist.matrices(counts["customer_id"], model.products)
+    truth = _matrix(new, _ids("customer_id", inter.customers), _ids("product_id", inter.products))
+    return EvalSet(inter, truth, counts["len"].to_numpy().astype(float))
 
 
 def popularity(recent: pl.DataFrame, products: np.ndarray) -> np.ndarray:
@@ -337,25 +369,15 @@ def fit_at(data, d: date, view_days: int, history: History | None = None, **para
 
 def evaluate(model: ItemItem, hist: History, later: pl.DataFrame) -> Evaluation:
     """``model`` on the customers who bought, in ``later`` (purchase pairs after ``hist``'s
-    date), a product they had not bought before; cold customers included (they get the
-    popularity fallback). Against the popularity and top-category baselines. A product outside
-    the model's catalogue (new since it was fitted) counts as missed."""
-    new = later.join(hist.bought, on=["customer_id", "product_id"], how="anti")
-    if new.is_empty():
-        raise ValueError("recommendations: nobody bought a new product in the evaluation window")
-    counts = new.group_by("customer_id").len().sort("customer_id")
-    inter = hist.matrices(counts["customer_id"], model.products)
-    truth = _matrix(new, _ids("customer_id", inter.customers), _ids("product_id", inter.products))
-    b, v, n_true = inter.bought, inter.viewed, counts["len"].to_numpy().astype(float)
-    r, h = recall_hit(model.recommend(b, v), truth, n_true)
-    base = {
-        "popularity": recall_hit(_top_k_blocks(popularity_baseline(model.popularity), b, v, 10), truth, n_true),
-        "top_category": recall_hit(_top_k_blocks(top_category_baseline(model), b, v, 10), truth, n_true),
-    }
+    date), a product they had not bought before (:func:`eval_set`); cold customers included
+    (they get the popularity fallback). Against the popularity and top-category baselines."""
+    ev = eval_set(model, hist, later)
+    recall, hit = ev.per_customer(model.recommend(ev.inter.bought, ev.inter.viewed))
+    base = {name: ev.per_customer(top) for name, top in ev.baselines(model).items()}
     return Evaluation(
-        recall_at_10=r,
-        hit_rate_at_10=h,
-        customers=len(n_true),
-        baseline_recall_at_10={k: x[0] for k, x in base.items()},
-        baseline_hit_rate_at_10={k: x[1] for k, x in base.items()},
+        recall_at_10=float(recall.mean()),
+        hit_rate_at_10=float(hit.mean()),
+        customers=len(ev.n_true),
+        baseline_recall_at_10={k: float(x[0].mean()) for k, x in base.items()},
+        baseline_hit_rate_at_10={k: float(x[1].mean()) for k, x in base.items()},
     )
