@@ -185,16 +185,20 @@ def latest_snapshot(df: pd.DataFrame) -> pd.DataFrame:
 FIT_ROWS = 20_000
 
 
+def fit_rows(train: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """The rows a baseline is fitted on: the buyers of ``train``'s latest snapshot, a uniform
+    sample of :data:`FIT_ROWS` of them on a large shop."""
+    fit_on = latest_snapshot(train)
+    fit_on = fit_on[fit_on["orders_total"].fillna(0) > 0]
+    return fit_on.sample(FIT_ROWS, random_state=seed) if len(fit_on) > FIT_ROWS else fit_on
+
+
 def purchase_baseline(
     train: pd.DataFrame, test: pd.DataFrame, horizon_days: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, BetaGeo]:
     """BG/NBD P(purchase within ``horizon_days``) and P(alive) for each ``test`` row, fitted on
     the buyers of ``train``'s latest snapshot (what a practitioner would fit at the last
     training date; a uniform sample of :data:`FIT_ROWS` of them on a large shop)."""
-    fit_on = latest_snapshot(train)
-    fit_on = fit_on[fit_on["orders_total"].fillna(0) > 0]
-    if len(fit_on) > FIT_ROWS:
-        fit_on = fit_on.sample(FIT_ROWS, random_state=seed)
-    model = BetaGeo.fit(*rfm(fit_on), penalizer=1e-4)
+    model = BetaGeo.fit(*rfm(fit_rows(train, seed)), penalizer=1e-4)
     history = rfm(test)
     return model.p_purchase(horizon_days, *history), model.p_alive(*history), model

@@ -130,12 +130,9 @@ def fit_revenue(
 def btyd_revenue(train: pd.DataFrame, test: pd.DataFrame, horizon_days: int, seed: int = 0) -> np.ndarray:
     """BG/NBD expected purchases in the horizon times Gamma-Gamma expected order value, for
     each ``test`` row, both fitted on ``train``'s latest snapshot's buyers (see :mod:`.btyd`)."""
-    from propensity.models.btyd import FIT_ROWS, BetaGeo, GammaGamma, latest_snapshot, rfm
+    from propensity.models.btyd import BetaGeo, GammaGamma, fit_rows, rfm
 
-    fit_on = latest_snapshot(train)
-    fit_on = fit_on[fit_on["orders_total"].fillna(0) > 0]
-    if len(fit_on) > FIT_ROWS:
-        fit_on = fit_on.sample(FIT_ROWS, random_state=seed)
+    fit_on = fit_rows(train, seed)
     bg = BetaGeo.fit(*rfm(fit_on), penalizer=1e-4)
     orders = fit_on["orders_total"].to_numpy(float)
     mean_value = fit_on["revenue_total"].fillna(0).to_numpy(float) / orders
