@@ -138,6 +138,12 @@ def test_training_tasks_follow_params_drift_and_the_retraining_weekday() -> None
     features = {"features": [_event_of(zones.FEATURES, None, "2025-04-14", snapshot="2025-04-14")]}
     names, why = steps.training_tasks(run, features, "2025-04-14")  # Monday: everything retrains
     assert names == DEFAULT_TASKS and "retraining weekday" in why
+    # the toolkit models follow the same snapshot rule, sit out drift and partial manual runs
+    toolkit = ["recommendations", "personas"]
+    assert steps.toolkit_models(run, features, "2025-04-14")[0] == toolkit
+    assert steps.toolkit_models(run, drift, "2025-04-14")[0] == []
+    assert steps.toolkit_models(manual, None, None)[0] == []
+    assert steps.toolkit_models(run, None, None) == (toolkit, "manual run")
 
 
 def test_fail_fast_leaves_ordinary_errors_alone() -> None:

@@ -271,12 +271,18 @@ def training_tasks(run: Run, triggering_asset_events: Any, key: str | None) -> t
     if drifted is not None:
         return [t for t in names if t in drifted or not drifted], f"drift breached on {drifted or 'all tasks'}"
     if features_triggered(triggering_asset_events, key):
-        weekday = run.settings.models.retrain_weekday
-        if run.day.weekday() == weekday:
-            return names, f"snapshot {run.day} falls on the retraining weekday ({weekday})"
-        missing = [t for t in names if not has_champion(run.settings, t)]
-        return missing, f"snapshot {run.day}: not the retraining weekday ({weekday}); tasks without a champion"
+        return on_new_snapshot(run, names)
     return names, "manual run"
+
+
+def on_new_snapshot(run: Run, names: list[str]) -> tuple[list[str], str]:
+    """What a run started by a new snapshot trains of ``names`` (tasks or toolkit models): all
+    on the retraining weekday (``models.retrain_weekday``), otherwise those without a champion."""
+    weekday = run.settings.models.retrain_weekday
+    if run.day.weekday() == weekday:
+        return names, f"snapshot {run.day} falls on the retraining weekday ({weekday})"
+    missing = [t for t in names if not has_champion(run.settings, t)]
+    return missing, f"snapshot {run.day}: not the retraining weekday ({weekday}); models without a champion"
 
 
 def toolkit_models(run: Run, triggering_asset_events: Any, key: str | None) -> tuple[list[str], str]:
@@ -288,9 +294,7 @@ def toolkit_models(run: Run, triggering_asset_events: Any, key: str | None) -> t
     if drift_tasks(triggering_asset_events, key) is not None:
         return [], "drift retrains the breached tasks only"
     if features_triggered(triggering_asset_events, key):
-        if run.day.weekday() == run.settings.models.retrain_weekday:
-            return names, f"snapshot {run.day} falls on the retraining weekday"
-        return [n for n in names if not has_champion(run.settings, n)], "not the retraining weekday: those missing"
+        return on_new_snapshot(run, names)
     requested = run.params.get("tasks")
     if requested and set(pipeline.selected_tasks(run.settings, requested)) != set(run.settings.tasks):
         return [], f"manual run of {requested} only"
