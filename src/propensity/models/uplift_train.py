@@ -28,7 +28,7 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ def assemble(settings: Settings, kind: str) -> UpliftFrames:
     """The kind's members with the features of their campaign's snapshot and their outcome."""
     from propensity.features.build import orders_in_base
     from propensity.features.inputs import ShopData
-    from propensity.features.snapshot import SnapshotBuilder
+    from propensity.features.snapshot import SnapshotBuilder, at_midnight
     from propensity.lake import Lake
 
     lake = Lake.open(settings.lake_uri, settings.s3_endpoint_url)
@@ -144,9 +144,7 @@ def assemble(settings: Settings, kind: str) -> UpliftFrames:
     used = members.filter(pl.col("dt").is_in(train_dates + test_dates))
     first, last = min(train_dates), max(test_dates) + timedelta(days=cfg.window_days)
     # between() keeps each order's latest version: a refund or cancellation updates an order
-    window = data.between(
-        datetime(first.year, first.month, first.day, tzinfo=UTC), datetime(last.year, last.month, last.day, tzinfo=UTC)
-    )
+    window = data.between(at_midnight(first), at_midnight(last))
     orders = orders_in_base(window, settings.base_currency)
     rows = member_outcomes(used, orders, cfg.window_days)
     builder = SnapshotBuilder(settings)
