@@ -44,6 +44,9 @@ class RecommendResult:
     valid_recall: dict[str, float]
     seconds: float
     model: ItemItem | None = None
+    #: the test's history and later purchases, for the gate to score the champion on the same test
+    test_history: History | None = None
+    test_later: Any = None
     model_version: str | None = None
     promoted: bool = False
     decision: dict[str, Any] = field(default_factory=dict)
@@ -100,8 +103,10 @@ def fit_and_evaluate(settings: Settings, data: Any, t: date) -> RecommendResult:
                 best = (recall, params)
     assert best is not None  # blends and view_weights are never empty (config)
     model, hist = fit_at(data, t, cfg.view_days, **best[1])
-    ev = evaluate(model, hist, bought_between(data, t, t + h))
-    return RecommendResult(t, dates[0], best[1], ev, valid, time.perf_counter() - t0, model=model)
+    later = bought_between(data, t, t + h)
+    ev = evaluate(model, hist, later)
+    seconds = time.perf_counter() - t0
+    return RecommendResult(t, dates[0], best[1], ev, valid, seconds, model, test_history=hist, test_later=later)
 
 
 def train_recommendations(
@@ -114,7 +119,7 @@ def train_recommendations(
     t = test_date(builder.observed_until, settings.recommendations.horizon_days, as_of)
     r = fit_and_evaluate(settings, builder.data, t)
     if register:
-        log_and_register(settings, builder.data, r, promote)
+        log_and_register(settings, r, promote)
     log.info(
         "recommend: recall@10 %.4f (popularity %.4f, top category %.4f), hit rate %.4f, %d customers; %s",
         r.test.recall_at_10,
@@ -127,7 +132,7 @@ def train_recommendations(
     return r
 
 
-def log_and_register(settings: Settings, data: Any, r: RecommendResult, promote: bool) -> None:
+def log_and_register(settings: Settings, r: RecommendResult, promote: bool) -> None:
     import mlflow
     from mlflow import MlflowClient
 
@@ -165,7 +170,7 @@ def log_and_register(settings: Settings, data: Any, r: RecommendResult, promote:
                 pip_requirements=pip_requirements("polars", "scipy"),
             )
     r.model_version = str(info.registered_model_version)
-    r.decision = gate(settings, data, r, MlflowClient(), promote)
+    r.decision = gate(settings, r, MlflowClient(), promote)
     r.promoted = bool(r.decision.get("promoted"))
 
 
@@ -177,7 +182,7 @@ def champion_model(settings: Settings) -> ItemItem | None:
     return None if wrapper is None else wrapper.model
 
 
-def gate(settings: Settings, data: Any, r: RecommendResult, client: Any, promote: bool) -> dict[str, Any]:
+def gate(settings: Settings, r: RecommendResult, client: Any, promote: bool) -> dict[str, Any]:
     """``challenger`` always; ``champion`` unless the champion's recall@10 on the same test is
     higher by more than the margin."""
     from propensity.models.registry import CHALLENGER, current_champion, scalar_gate
@@ -188,11 +193,8 @@ def gate(settings: Settings, data: Any, r: RecommendResult, client: Any, promote
     champion_recall = None
     if champ is not None and str(champ.version) != version:
         model = champion_model(settings)
-        if model is not None:
-            cfg = settings.recommendations
-            hist = History.before(data, r.test_date, cfg.view_days)
-            later = bought_between(data, r.test_date, r.test_date + timedelta(days=cfg.horizon_days))
-            champion_recall = evaluate(model, hist, later).recall_at_10
+        if model is not None and r.test_history is not None:
+            champion_recall = evaluate(model, r.test_history, r.test_later).recall_at_10
     margin = settings.recommendations.margin
     recall = r.test.recall_at_10
     return scalar_gate(client, MODEL_NAME, version, "recall@10", recall, champ, champion_recall, margin, promote)
