@@ -180,12 +180,12 @@ def with_products(settings: Settings, d: date, selections: list[Selection]) -> N
         return
     from propensity.models.recommend_train import products_for
 
-    n = settings.recommendations.products
     ids = [c for s in wanted for c in s.members[KEY].to_list()]
-    lists = products_for(settings, d, ids, n) if ids else None
+    if not ids:
+        return
+    lists = products_for(settings, d, ids, settings.recommendations.products)
     for s in wanted:
-        if lists is not None:
-            s.members = s.members.join(lists, on=KEY, how="left", maintain_order="left")
+        s.members = s.members.join(lists, on=KEY, how="left", maintain_order="left")
 
 
 def with_product_columns(members: pl.DataFrame, n: int) -> pl.DataFrame:

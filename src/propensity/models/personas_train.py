@@ -19,7 +19,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from propensity.config import Settings
@@ -139,13 +138,3 @@ def log_and_register(settings: Settings, r: PersonaResult, features: pd.DataFram
     client.set_model_version_tag(MODEL_NAME, r.model_version, "gate.decision", "promoted: unsupervised, names matched")
     r.promoted = True
     r.decision = {"model": MODEL_NAME, "version": r.model_version, "promoted": True}
-
-
-def personas_at(settings: Settings, features: pd.DataFrame) -> np.ndarray:
-    """The champion's persona name for each row of a snapshot's ``features``."""
-    model = champion_personas(settings)
-    if model is None:
-        from propensity.errors import RequestError
-
-        raise RequestError(f"{MODEL_NAME}@champion does not exist: run propensity train first")
-    return model.assign(features)
