@@ -208,7 +208,8 @@ def with_personas(settings: Settings, cands: pl.DataFrame) -> pl.DataFrame:
     model = champion_personas(settings)
     if model is None:
         return cands
-    return cands.with_columns(pl.Series("persona", model.assign(cands.to_pandas()), dtype=pl.String))
+    traits = cands.select([c for c in model.traits if c in cands.columns])  # not every candidate column
+    return cands.with_columns(pl.Series("persona", model.assign(traits.to_pandas()), dtype=pl.String))
 
 
 def score_models(scores: dict[str, pl.DataFrame]) -> dict[str, dict[str, Any]]:
