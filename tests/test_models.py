@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import warnings
-from datetime import date
+from datetime import date, timedelta
 
 import boto3
 import mlflow
@@ -18,10 +18,10 @@ import pytest
 from conftest import CLEAN, ONLINE_SHOPPERS, bulk_clean
 from mlflow import MlflowClient
 
-from propensity.config import ModelConfig, Settings
+from propensity.config import ModelConfig, Settings, TaskConfig
 from propensity.features.catalogue import feature_names
 from propensity.models.fingerprint import data_digest, model_parameters, params_digest
-from propensity.models.model import model_input
+from propensity.models.model import ValueModel, model_input
 from propensity.models.registry import gate_and_alias, pick_version, promote, rollback
 from propensity.models.tracking import CLASSIC_ML, EXPERIMENT_KIND_TAG, configure, route_mlflow_logging
 from propensity.models.train import WEIGHT, TaskFrames, Trainer, headline_metrics, sample_negatives
@@ -339,6 +339,46 @@ def test_retraining_on_the_same_data_leaves_one_model_version(shop, mlflow_serve
     tags = client.get_model_version("propensity-churn", dup.version).tags
     assert tags["gate.decision"].startswith("unchanged (same data and parameters as v")
     assert fp.matches(tags)
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_a_value_task_trains_gates_scores_and_reports_gini(shop, mlflow_server):
+    """``clv`` (label: revenue) through the trainer, the registry and batch scoring: the report
+    carries Gini and its baselines, the champion serves expected revenue, a retrain on the
+    same data registers nothing."""
+    from propensity.scoring import load_champion, score
+
+    clv = TaskConfig(horizon_days=45, label="revenue", active_days=365, test_snapshots=2)
+    s = shop.model_copy(update={"tasks": {**shop.tasks, "clv": clv}})
+    r = Trainer(s).train(["clv"])["tasks"]["clv"]
+    assert r["label"] == "revenue" and r["formulation"] in ("hurdle", "tweedie")
+    assert set(r["baseline_gini"]) == {"btyd", "historic"}
+    assert 0.3 < r["test_gini"] <= 1.0 and 0.0 < r["top_decile_capture"] <= 1.0 and r["test_spearman"] > 0
+    iv = r["intervals"]
+    assert iv["model"]["gini"]["low"] <= r["test_gini"] <= iv["model"]["gini"]["high"]
+    assert r["model_version"] is not None and r["promoted"], r["outcome"]  # a first version
+    client = MlflowClient()
+    version = client.get_model_version("propensity-clv", r["model_version"])
+    logged = client.get_run(version.run_id).data
+    assert logged.metrics["test_gini"] == pytest.approx(r["test_gini"])
+    assert {"baseline_btyd_gini", "baseline_historic_gini", "baseline_btyd_gini_diff_low"} <= set(logged.metrics)
+    assert logged.params["formulation"] == r["formulation"]
+    plots = {a.path for a in client.list_artifacts(version.run_id, "plots")}
+    assert "plots/revenue_gains.png" in plots
+    assert version.tags["gate.decision"] == "promoted" and "gate.challenger_gini" in version.tags
+
+    champ = load_champion(s, "clv")
+    assert isinstance(champ.model, ValueModel) and champ.model.formulation == r["formulation"]
+    run = score(s, START + timedelta(days=DAYS), ["clv"])
+    scores = run.scores["clv"]["score"]
+    assert scores.min() >= 0 and scores.max() > 1.0  # expected revenue, in the base currency
+
+    again = Trainer(s).train(["clv"])["tasks"]["clv"]
+    assert again["unchanged"] and again["model_version"] == r["model_version"]
+    assert again["test_gini"] == pytest.approx(r["test_gini"]) and again["baseline_gini"] == pytest.approx(
+        r["baseline_gini"]
+    )
 
 
 def test_headline_metrics_plain_for_one_task_prefixed_for_several():

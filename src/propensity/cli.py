@@ -164,6 +164,25 @@ def toolkit_line(t: pipeline.ToolkitRecord) -> str:
     return f"{t.name}: k={r['k']}, silhouette {r['silhouette']:.3f}: {', '.join(r['names'])}  {version} champion"
 
 
+def value_line(record: Any) -> str:
+    """One line for a value task (``label: revenue``): Gini against its baselines."""
+    r = record.report
+    iv = r.get("intervals") or {}
+    base = ", ".join(f"{k} {v:.4f}" for k, v in r["baseline_gini"].items() if v is not None)
+    diffs = {b: v["gini_diff"] for b, v in iv.get("baselines", {}).items()}
+    best = ""
+    if diffs:
+        b, d = min(diffs.items(), key=lambda kv: kv[1]["estimate"])
+        best = f"  vs {b} {d['estimate']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+    verdict = r.get("outcome") or ("PROMOTED to champion" if record.promoted else "kept as challenger")
+    return (
+        f"{record.task:<11} test Gini {_num(r['test_gini'])}{_bounds(iv, 'gini')} ({r.get('formulation')})  "
+        f"Spearman {_num(r['test_spearman'])}  top-decile capture {_num(r['top_decile_capture'])}  "
+        f"MAE {_num(r['test_mae'])}  baselines: {base}{best}  n_train {r['n_train'] or 0:,}  "
+        f"v{r['model_version']} {verdict}"
+    )
+
+
 def print_train(s: Settings, records: list[Any], report_path: str | None) -> None:
     """One line per task; the JSON report to ``report_path`` (or stdout)."""
     import json
@@ -174,6 +193,9 @@ def print_train(s: Settings, records: list[Any], report_path: str | None) -> Non
     records = [r for r in records if not isinstance(r, pipeline.ToolkitRecord)]
     for record in records:
         r = record.report
+        if r.get("label") == "revenue":
+            print(value_line(record))
+            continue
         oracle = f"{r['oracle_auc']:.4f}" if r.get("oracle_auc") is not None else "n/a"
         base = ", ".join(f"{k} {v:.4f}" for k, v in r["baseline_auc"].items() if v is not None)
         verdict = r.get("outcome") or ("PROMOTED to champion" if record.promoted else "kept as challenger")

@@ -258,11 +258,13 @@ class TaskConfig(BaseModel):
     the last ``session_days`` (if set), at least one purchase in the last
     ``purchase_days`` (if set), no purchase in the last ``no_purchase_days`` (if set),
     and any activity in the last ``active_days`` (if set). ``label`` is ``purchase`` (a
-    non-cancelled order in the horizon) or ``inactive`` (no order and no session in it).
+    non-cancelled order in the horizon), ``inactive`` (no order and no session in it) or
+    ``revenue`` (the net revenue of the paid orders in it, in the base currency: a
+    customer-value task, fitted by regression, judged by Gini; see :mod:`propensity.models.clv`).
     """
 
     horizon_days: int = Field(..., ge=1)
-    label: str = Field(..., pattern="^(purchase|inactive)$")
+    label: str = Field(..., pattern="^(purchase|inactive|revenue)$")
     session_days: int | None = None
     purchase_days: int | None = None
     no_purchase_days: int | None = None
@@ -282,6 +284,11 @@ class TaskConfig(BaseModel):
         "one conversion snapshot holds 50-80 positives, too few to stop boosting or fit a calibrator on",
     )
     description: str = ""
+
+    @property
+    def is_value(self) -> bool:
+        """A customer-value task (``label: revenue``): a regression, not a probability."""
+        return self.label == "revenue"
 
 
 def default_tasks() -> dict[str, TaskConfig]:
@@ -311,6 +318,18 @@ def default_tasks() -> dict[str, TaskConfig]:
             test_snapshots=3,
             description="customers active (purchase or session) in the last 90 days: "
             "no purchase and no session in the next 60 days?",
+        ),
+        # customer value over half a year, not a year: with out-of-time validation a horizon H needs
+        # min_history_days + 3H days of history (train, validation and test label windows never
+        # overlap), and the demo shop's two years hold H = 180 but not 365; a shop with 3.2 years
+        # of orders sets `tasks: {clv: {horizon_days: 365}}`
+        "clv": TaskConfig(
+            horizon_days=180,
+            label="revenue",
+            active_days=365,
+            test_snapshots=2,
+            description="customers active (purchase or session) in the last 365 days: their net revenue "
+            "in the next 180 days, in the base currency",
         ),
     }
 

@@ -129,12 +129,13 @@ def deciles(scores: np.ndarray) -> np.ndarray:
 
 
 def predict(champ: Champion, frame: pl.DataFrame, batch_rows: int) -> np.ndarray:
-    """Calibrated probabilities, batch by batch (memory: one batch of model input at a time)."""
+    """Calibrated probabilities (a value task's expected revenue), batch by batch (memory: one
+    batch of model input at a time)."""
     out = np.empty(frame.height, dtype=np.float64)
     model = champ.model
     for start in range(0, frame.height, batch_rows):
         x = model.matrix_from_polars(frame.slice(start, batch_rows))
-        out[start : start + len(x)] = model.calibrator(model.booster.predict(x, num_threads=0))
+        out[start : start + len(x)] = model.predict_matrix(x)
     return out
 
 
@@ -162,12 +163,13 @@ def score_frame(champ: Champion, features: pl.DataFrame, population: pl.DataFram
     )
 
 
-def score_checks(population: int) -> list:
+def score_checks(population: int, value: bool = False) -> list:
+    """A probability lies in [0, 1]; a value task's score is an expected revenue, never negative."""
     return [
         ck.not_null(KEY, severity="critical"),
         ck.unique([KEY], severity="critical"),
         ck.not_null("score", severity="critical"),
-        ck.between("score", 0.0, 1.0, severity="critical"),
+        ck.between("score", 0.0, None if value else 1.0, severity="critical"),
         ck.row_count(population, population),
     ]
 
@@ -277,7 +279,7 @@ def score(
         if shard is not None:
             pop = pop.filter(shard_of(pop[KEY], settings.scoring.shards) == shard)
         df = score_frame(champ, snap.features, pop, d, settings.scoring.batch_rows)
-        check_frame(f"scores.{task}.{d}", df, score_checks(pop.height))
+        check_frame(f"scores.{task}.{d}", df, score_checks(pop.height, settings.tasks[task].is_value))
         run.scores[task], run.champions[task] = df, champ
         run.seconds[task] = time.perf_counter() - t0
     if publish and shard is None:
@@ -375,7 +377,8 @@ def merge_score_shards(settings: Settings, d: date, task: str, records: list[dic
     labels = store.labels_manifest(task, day)
     if labels is None:
         raise RequestError(f"scores.{task}.{day}: labels/task={task}/snapshot={day} is not published")
-    check_frame(f"scores.{task}.{day}", df, score_checks(int(labels["row_count"])))
+    value = settings.tasks[task].is_value
+    check_frame(f"scores.{task}.{day}", df, score_checks(int(labels["row_count"]), value))
     publish_frame(store.lake, task, day, df, name, version, run_id)
     for r in mine:
         store.delete_score_shard(task, day, r["shard"])

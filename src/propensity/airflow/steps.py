@@ -331,7 +331,8 @@ def champions_extra(run: Run, trained: Iterable[Mapping[str, Any]]) -> dict[str,
 def models_extra(record: pipeline.TrainRecord) -> dict[str, Any]:
     ml = record.mlflow
     keys = ("model_name", "model_version", "run_id")
-    return {"task": record.task, **{k: ml[k] for k in keys}, "test_auc": record.report.get("test_auc")}
+    measure = "test_gini" if "test_gini" in record.report else "test_auc"
+    return {"task": record.task, **{k: ml[k] for k in keys}, measure: record.report.get(measure)}
 
 
 def drift_extra(record: pipeline.MonitorRecord, lake: str) -> dict[str, Any]:

@@ -82,7 +82,9 @@ class AudienceRun:
 
     def table(self) -> str:
         """The summary table the CLI and the DAG log print."""
-        head = ["audience", "size", "treatment", "control", "opt-out", "no consent", "recent buy", "freq cap", "dedup"]
+        short = {"global_opt_out": "opt-out", "no_consent": "no consent", "recent_purchase": "recent buy"}
+        short.update(frequency_cap="freq cap", negative_uplift="harmed", unprofitable="loss")
+        head = ["audience", "size", "treatment", "control", *(short[x] for x in SUPPRESSION_REASONS), "dedup"]
         w = max([len("audience")] + [len(x.spec.name) for x in self.selections])
         lines = [" | ".join([f"{head[0]:<{w}}", *(f"{h:>10}" for h in head[1:])]) + " | top reason codes"]
         for r in self.rows():
@@ -144,11 +146,33 @@ def candidates(
             on=KEY,
             how="left",
         )
+    value_tasks = [t for t in tasks if settings.tasks[t].is_value]
+    if value_tasks:
+        c = c.with_columns(predicted_value_tier(f"{value_tasks[0]}_score"))
     # a stable uniform [0, 1) per customer, for A/B splits declared in rules (e.g. customer_hash < 0.5)
     c = c.with_columns(pl.Series("customer_hash", control_draw(c[KEY], "customer_hash", date(1970, 1, 1))))
     contacts = recent_contacts(lake, d, settings.audiences.frequency_days)
     c = c.join(contacts, on=KEY, how="left").with_columns(pl.col("contacts_recent").fill_null(0))
     return c.sort(KEY), scores
+
+
+def predicted_value_tier(score: str) -> pl.Expr:
+    """``value_tier`` from a value task's predicted revenue (``score``) where the customer has
+    one: the top 10% ``high``, the next 30% ``medium``, the rest ``low`` (the profile's cuts of
+    past revenue, :func:`propensity.features.profiles.rank_profiles`). A customer outside the
+    value task's population (inactive for its window) keeps the profile's tier. Profiles are
+    published with the snapshot, before its scores exist, so the audiences read the predicted tier."""
+    share = pl.col(score).rank("ordinal", descending=True) / pl.col(score).count()
+    tier = (
+        pl.when(pl.col(score).is_null())
+        .then(pl.col("value_tier"))
+        .when(share <= 0.1)
+        .then(pl.lit("high"))
+        .when(share <= 0.4)
+        .then(pl.lit("medium"))
+        .otherwise(pl.lit("low"))
+    )
+    return tier.alias("value_tier")
 
 
 def with_uplift(settings: Settings, cands: pl.DataFrame, specs: list[AudienceSpec]) -> pl.DataFrame:
@@ -309,8 +333,11 @@ def build(
     consent = latest_consent(lake)
     kept, kept_docs = kept_selections(lake, book, day, names, consent)
     all_specs = specs + [k.spec for k in kept]
-    rules = " ".join(s.rule for s in all_specs)
-    tasks = sorted({s.task for s in all_specs} | {t for t in settings.tasks if f"{t}_" in rules})
+    # the columns rules and value rankings name (``<task>_score``), and every value task: the
+    # candidates' value tier is its predicted revenue's (predicted_value_tier)
+    rules = " ".join([s.rule for s in all_specs] + [s.value or "" for s in all_specs])
+    named = {t for t, cfg in settings.tasks.items() if f"{t}_" in rules or cfg.is_value}
+    tasks = sorted({s.task for s in all_specs} | named)
     cands, scores = candidates(settings, lake, d, tasks, consent)
     cands = with_uplift(settings, enrich(cands) if enrich else cands, specs)
     cands = with_personas(settings, cands)

@@ -47,8 +47,12 @@ def population(past: ShopData, t: datetime, task: TaskConfig) -> pl.DataFrame:
     return pop.sort(KEY)
 
 
-def labels(pop: pl.DataFrame, future: ShopData, task: TaskConfig) -> pl.DataFrame:
-    """0/1 label per population member; ``future`` must be ``between(t, t + horizon)``."""
+def labels(pop: pl.DataFrame, future: ShopData, task: TaskConfig, base_currency: str = "EUR") -> pl.DataFrame:
+    """The label per population member; ``future`` must be ``between(t, t + horizon)``: 0/1
+    (Int8) for a propensity task, the net revenue in ``base_currency`` (Float64, 0 for no
+    paid order) for a value task (:func:`revenue_labels`)."""
+    if task.is_value:
+        return revenue_labels(pop, future, base_currency)
     buyers = future.orders.filter(pl.col("status") != "cancelled").select(KEY).unique()
     if task.label == "purchase":
         positive = buyers
@@ -56,3 +60,14 @@ def labels(pop: pl.DataFrame, future: ShopData, task: TaskConfig) -> pl.DataFram
         active = pl.concat([buyers, future.events.filter(pl.col(KEY).is_not_null()).select(KEY).unique()]).unique()
         positive = pop.join(active, on=KEY, how="anti")
     return pop.with_columns(pl.col(KEY).is_in(positive[KEY].implode()).cast(pl.Int8).alias("label"))
+
+
+def revenue_labels(pop: pl.DataFrame, future: ShopData, base_currency: str) -> pl.DataFrame:
+    """Net revenue (gross minus discount, at the order day's FX rate) of each member's paid
+    orders in the window: the same orders and amounts as the ``revenue_*`` features, so the
+    label is the feature's next window."""
+    from propensity.features.build import orders_in_base
+
+    paid = orders_in_base(future, base_currency).filter(pl.col("is_paid") & pl.col(KEY).is_not_null())
+    spent = paid.group_by(KEY).agg(pl.col("net").sum().alias("label"))
+    return pop.join(spent, on=KEY, how="left").with_columns(pl.col("label").fill_null(0.0).cast(pl.Float64))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from propensity.calendar import PromotionCalendar, known_calendar
-from propensity.config import Settings
+from propensity.config import Settings, TaskConfig
 from propensity.errors import RequestError
 from propensity.features.build import compute_features
 from propensity.features.catalogue import feature_checks
@@ -47,6 +47,16 @@ PROFILE_CHECKS = [
     ck.in_set("value_tier", ["high", "medium", "low", "none"]),
 ]
 LABEL_CHECKS = [ck.not_null("customer_id"), ck.unique(["customer_id"]), ck.in_set("label", [0, 1])]
+#: a value task's labels (``label: revenue``): a revenue, never missing (0 without an order)
+VALUE_LABEL_CHECKS = [*LABEL_CHECKS[:2], ck.not_null("label")]
+
+
+def label_checks(task: TaskConfig) -> list:
+    return VALUE_LABEL_CHECKS if task.is_value else LABEL_CHECKS
+
+
+def label_dtype(task: TaskConfig) -> type[pl.DataType]:
+    return pl.Float64 if task.is_value else pl.Int8
 
 
 def at_midnight(d: date) -> datetime:
@@ -69,7 +79,8 @@ class Snapshot:
         for task, lab in self.labels.items():
             if self.complete[task]:
                 rate = lab["label"].mean() if lab.height else float("nan")
-                parts.append(f"{task}: {lab.height:,} eligible, positive rate {rate:.3f}")
+                what = "mean label" if lab["label"].dtype == pl.Float64 else "positive rate"
+                parts.append(f"{task}: {lab.height:,} eligible, {what} {rate:.3f}")
             else:
                 parts.append(f"{task}: {lab.height:,} eligible, label window not complete")
         return "; ".join(parts) + f" ({self.seconds:.2f} s)"
@@ -214,9 +225,9 @@ class SnapshotBuilder:
             horizon_end = t + timedelta(days=task.horizon_days)
             complete = self.label_complete(snapshot, task.horizon_days)
             if complete:
-                lab = labels(pop, data.between(t, horizon_end), task)
+                lab = labels(pop, data.between(t, horizon_end), task, s.base_currency)
             else:
-                lab = pop.with_columns(pl.lit(None, pl.Int8).alias("label"))
+                lab = pop.with_columns(pl.lit(None, label_dtype(task)).alias("label"))
             snap.labels[name] = lab.with_columns(pl.lit(task.horizon_days).alias("horizon_days"))
             snap.complete[name] = complete
         snap.seconds = time.perf_counter() - t0
@@ -252,7 +263,7 @@ class SnapshotBuilder:
         check_frame(f"profiles.{day}", snap.profiles, PROFILE_CHECKS)
         for task, lab in snap.labels.items():
             if snap.complete[task] and lab.height:
-                check_frame(f"labels.{task}.{day}", lab, LABEL_CHECKS)
+                check_frame(f"labels.{task}.{day}", lab, label_checks(self.settings.tasks[task]))
         self.store.write(snap)
 
     def build_and_publish(self, snapshot: date, tasks: list[str] | None = None) -> Snapshot:

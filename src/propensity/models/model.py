@@ -101,6 +101,8 @@ class Calibrator:
         return cls("platt", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if self.kind == "identity":  # a value model's prediction (ValueModel)
+            return np.asarray(raw, dtype=float)
         if self.kind == "isotonic":
             return np.interp(raw, self.x, self.y)
         logit = np.log(np.clip(raw, 1e-7, 1 - 1e-7) / (1 - np.clip(raw, 1e-7, 1 - 1e-7)))
@@ -157,6 +159,15 @@ class PropensityModel:
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         return self.calibrator(self.predict_raw(df))
 
+    def predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        """The served prediction from the booster's matrix (:meth:`matrix_from_polars`): here a
+        calibrated probability; a :class:`ValueModel`'s expected revenue."""
+        return self.calibrator(self.booster.predict(x, num_threads=0))
+
+    def serve(self, df: pd.DataFrame) -> np.ndarray:
+        """What the pyfunc returns for a frame of raw features (:meth:`predict_matrix`)."""
+        return self.predict_matrix(self.matrix(df).to_numpy())
+
     def contributions(self, df: pd.DataFrame) -> np.ndarray:
         """TreeSHAP contributions (n, features + 1 bias), in raw-score units; expensive."""
         return self.booster.predict(self.matrix(df), pred_contrib=True)
@@ -179,11 +190,65 @@ class PropensityModel:
     def load(cls, artifacts: dict[str, str]) -> PropensityModel:
         import lightgbm as lgb
 
+        if "value" in artifacts:  # a customer-value model (propensity-clv)
+            return ValueModel.load(artifacts)
         return cls(
             booster=lgb.Booster(model_file=artifacts["booster"]),
             calibrator=Calibrator.from_json(Path(artifacts["calibrator"]).read_text()),
             encoder=CategoryEncoder.from_json(Path(artifacts["encoder"]).read_text()),
             features=json.loads(Path(artifacts["features"]).read_text()),
+        )
+
+
+@dataclass
+class ValueModel(PropensityModel):
+    """A customer-value model (a task with ``label: revenue``): the expected net revenue over
+    the task's horizon, from :mod:`propensity.models.clv`'s winning formulation.
+
+    ``booster`` is the Tweedie booster, or the hurdle's P(buy) booster with ``spend`` its
+    E[log revenue | buy] booster (mapped back with the lognormal correction ``log_var / 2``).
+    Reason codes (TreeSHAP of ``booster``) then explain P(buy), the part that ranks most.
+    The calibrator is the identity: a revenue is not a probability to calibrate."""
+
+    spend: lgb.Booster | None = None
+    log_var: float = 0.0
+
+    @property
+    def formulation(self) -> str:
+        return "tweedie" if self.spend is None else "hurdle"
+
+    def predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        first = np.asarray(self.booster.predict(x, num_threads=0), dtype=float)
+        if self.spend is None:
+            return first
+        return first * np.exp(self.spend.predict(x, num_threads=0) + self.log_var / 2)
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        """The expected revenue (the name is the served-prediction interface every task shares)."""
+        return self.serve(df)
+
+    def save(self, folder: Path) -> dict[str, str]:
+        paths = super().save(folder)
+        value = folder / "value.json"
+        value.write_text(json.dumps({"formulation": self.formulation, "log_var": self.log_var}))
+        paths["value"] = str(value)
+        if self.spend is not None:
+            self.spend.save_model(str(folder / "spend.txt"))
+            paths["spend"] = str(folder / "spend.txt")
+        return paths
+
+    @classmethod
+    def load(cls, artifacts: dict[str, str]) -> ValueModel:
+        import lightgbm as lgb
+
+        meta = json.loads(Path(artifacts["value"]).read_text())
+        return cls(
+            booster=lgb.Booster(model_file=artifacts["booster"]),
+            calibrator=Calibrator("identity"),
+            encoder=CategoryEncoder.from_json(Path(artifacts["encoder"]).read_text()),
+            features=json.loads(Path(artifacts["features"]).read_text()),
+            spend=lgb.Booster(model_file=artifacts["spend"]) if "spend" in artifacts else None,
+            log_var=float(meta["log_var"]),
         )
 
 

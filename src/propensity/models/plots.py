@@ -54,14 +54,16 @@ def gains(y: np.ndarray, p: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
-def calibration(y: np.ndarray, p: np.ndarray, path: Path, bins: int = 10) -> Path:
+def calibration(
+    y: np.ndarray, p: np.ndarray, path: Path, bins: int = 10, unit: tuple[str, str] = ("predicted probability", "rate")
+) -> Path:
     order = np.argsort(p, kind="stable")
     chunks = [c for c in np.array_split(order, bins) if len(c)]
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([p[c].mean() for c in chunks], [y[c].mean() for c in chunks], "o-", label="model")
     hi = max(float(p.max()), float(y.mean()) * 2, 0.05)
     ax.plot([0, hi], [0, hi], "k:", lw=0.8, label="perfect")
-    ax.set(xlabel="mean predicted probability", ylabel="observed rate", title="calibration (equal-count bins)")
+    ax.set(xlabel=f"mean {unit[0]}", ylabel=f"observed {unit[1]}", title="calibration (equal-count bins)")
     ax.legend()
     return _save(fig, path)
 
@@ -71,4 +73,19 @@ def importance(names: list[str], values: np.ndarray, title: str, path: Path, top
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(idx) + 1.2))
     ax.barh([names[i] for i in idx], values[idx])
     ax.set(title=title)
+    return _save(fig, path)
+
+
+def lorenz(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Path:
+    """A value task's gains: the share of realised revenue made by the customers ranked
+    highest by each score (the model, its baselines), with the perfect order and random."""
+    frac = np.arange(1, len(y) + 1) / len(y)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    total = max(float(y.sum()), 1e-12)
+    for name, score in {**scores, "perfect": y}.items():
+        order = np.argsort(-np.asarray(score, dtype=float), kind="stable")
+        ax.plot(frac, np.cumsum(y[order]) / total, label=name, ls="--" if name == "perfect" else "-")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="random")
+    ax.set(xlabel="share of customers, highest predicted first", ylabel="share of revenue", title="revenue gains")
+    ax.legend()
     return _save(fig, path)

@@ -17,10 +17,11 @@ from propensity.models.model import PropensityModel
 
 
 class PropensityPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc returning calibrated probabilities for a frame of raw features."""
+    """MLflow pyfunc returning calibrated probabilities for a frame of raw features (a
+    customer-value model's expected revenue: :class:`~propensity.models.model.ValueModel`)."""
 
     def load_context(self, context: Any) -> None:
         self.model = PropensityModel.load(context.artifacts)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
-        return self.model.predict_proba(model_input)
+        return self.model.serve(model_input)

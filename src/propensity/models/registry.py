@@ -112,8 +112,13 @@ def gate_and_alias(
     fingerprint: Fingerprint | None = None,
     challenger_scores: np.ndarray | None = None,
     groups: np.ndarray | None = None,
+    measure: str = "auc",
 ) -> dict[str, Any]:
     """Tag ``version``, make it ``challenger`` and, if it passes the gate and ``promote``, ``champion``.
+
+    ``measure`` is what the task is judged by: ``auc`` for a propensity task, ``gini`` (the
+    normalised Gini of realised revenue, :func:`propensity.models.clv.normalized_gini`) for a
+    value task, whose floor defaults to 0 (random order) instead of 0.5.
 
     With ``challenger_scores`` (the challenger's scores of ``x_test``), the champion is judged
     on the paired AUC difference: the challenger passes when the lower bound of the 95%
@@ -129,8 +134,9 @@ def gate_and_alias(
     name = model_name(task)
     for k, v in (tags or {}).items():
         client.set_model_version_tag(name, version, k, str(v))
-    floor = settings.models.floors.get(task, 0.5)
+    floor = settings.models.floors.get(task, 0.5 if measure == "auc" else 0.0)
     margin = settings.models.margin
+    label = measure.upper() if measure == "auc" else measure.capitalize()
     champ = current_champion(client, name)
     if fingerprint is not None:
         earlier = [
@@ -139,6 +145,8 @@ def gate_and_alias(
         original = pick_version(earlier, str(champ.version) if champ is not None else None)
         if original is not None:
             decision = duplicate_decision(task, version, challenger_auc, original, champ, floor, margin, promote)
+            if measure != "auc":
+                decision = {k.replace("_auc", f"_{measure}"): v for k, v in decision.items()}
             client.set_model_version_tag(name, version, "gate.decision", decision["reasons"][0])
             _tag_fingerprint(client, name, version, fingerprint)
             log.info("%s v%s: %s", name, version, decision["reasons"][0])
@@ -150,22 +158,24 @@ def gate_and_alias(
     if champ is not None:
         try:
             scores = np.asarray(mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").predict(x_test), dtype=float)
-            champion_auc = safe_auc(y_test, scores)
+            champion_auc = measured(measure, y_test, scores)
             if challenger_scores is not None:
-                diff = paired_auc_difference(settings, y_test, challenger_scores, scores, groups)
+                diff = paired_measure_difference(settings, measure, y_test, challenger_scores, scores, groups)
         except Exception as exc:
             note = f"champion v{champ.version} could not score the test set: {exc}"
             log.warning("%s", note)
     reasons = []
     if challenger_auc < floor:
-        reasons.append(f"test AUC {challenger_auc:.4f} below the floor {floor:.4f}")
+        reasons.append(f"test {label} {challenger_auc:.4f} below the floor {floor:.4f}")
     if diff is not None and diff["low"] < -margin:
         reasons.append(
-            f"AUC difference to champion {diff['estimate']:+.4f} (95% interval [{diff['low']:+.4f}, "
+            f"{label} difference to champion {diff['estimate']:+.4f} (95% interval [{diff['low']:+.4f}, "
             f"{diff['high']:+.4f}]): its lower bound is below -{margin}"
         )
     elif diff is None and champion_auc is not None and challenger_auc < champion_auc - margin:
-        reasons.append(f"test AUC {challenger_auc:.4f} worse than champion {champion_auc:.4f} beyond margin {margin}")
+        reasons.append(
+            f"test {label} {challenger_auc:.4f} worse than champion {champion_auc:.4f} beyond margin {margin}"
+        )
     passed = not reasons
     promoted = passed and promote
     if passed and not promote:
@@ -174,10 +184,10 @@ def gate_and_alias(
         "task": task,
         "model": name,
         "challenger_version": version,
-        "challenger_auc": challenger_auc,
+        f"challenger_{measure}": challenger_auc,
         "champion_version": champ.version if champ is not None else None,
-        "champion_auc": champion_auc,
-        "auc_diff": diff,
+        f"champion_{measure}": champion_auc,
+        f"{measure}_diff": diff,
         "floor": floor,
         "margin": margin,
         "promoted": promoted,
@@ -188,9 +198,9 @@ def gate_and_alias(
     }
     tag = {
         "gate.decision": "promoted" if promoted else "passed, not promoted" if passed else "rejected",
-        "gate.challenger_auc": f"{challenger_auc:.6f}",
-        "gate.champion_auc": "" if champion_auc is None else f"{champion_auc:.6f}",
-        "gate.auc_diff_low": "" if diff is None else f"{diff['low']:.6f}",
+        f"gate.challenger_{measure}": f"{challenger_auc:.6f}",
+        f"gate.champion_{measure}": "" if champion_auc is None else f"{champion_auc:.6f}",
+        f"gate.{measure}_diff_low": "" if diff is None else f"{diff['low']:.6f}",
         "gate.reasons": "; ".join(decision["reasons"]),
     }
     for k, v in tag.items():
@@ -203,14 +213,32 @@ def gate_and_alias(
     return decision
 
 
-def paired_auc_difference(
-    settings: Settings, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, groups: np.ndarray | None
-) -> dict[str, float]:
-    """(challenger - champion) AUC with its paired 95% bootstrap interval, ``{estimate, low, high}``."""
-    from propensity.models.intervals import paired_difference
+def measured(measure: str, y: np.ndarray, scores: np.ndarray) -> float | None:
+    """A task's test figure of ``scores``: AUC, or a value task's normalised Gini."""
+    if measure == "auc":
+        return safe_auc(y, scores)
+    from propensity.models.clv import normalized_gini
 
+    return normalized_gini(y, scores)
+
+
+def paired_measure_difference(
+    settings: Settings,
+    measure: str,
+    y: np.ndarray,
+    challenger: np.ndarray,
+    champion: np.ndarray,
+    groups: np.ndarray | None,
+) -> dict[str, float]:
+    """(challenger - champion) ``measure`` with its paired 95% bootstrap interval, ``{estimate, low, high}``."""
     m = settings.models
-    return paired_difference("auc", y, challenger, champion, groups, n_boot=m.bootstrap, seed=m.seed).to_dict()
+    if measure == "auc":
+        from propensity.models.intervals import paired_difference
+
+        return paired_difference("auc", y, challenger, champion, groups, n_boot=m.bootstrap, seed=m.seed).to_dict()
+    from propensity.models.clv import paired_gini_difference
+
+    return paired_gini_difference(y, challenger, champion, groups, n_boot=m.bootstrap, seed=m.seed)
 
 
 def duplicate_decision(

@@ -78,6 +78,12 @@ HEADLINE = (
     *(f"baseline_{b}_auc" for b in BASELINES),
     "oracle_auc",
     "oracle_gap",
+    # a value task's (label: revenue; propensity.models.value_train)
+    "test_gini",
+    "test_spearman",
+    "test_top_decile_capture",
+    "baseline_btyd_gini",
+    "baseline_historic_gini",
 )
 #: Run tags of a task's child run: whether it was skipped as unchanged, and what it matched.
 UNCHANGED_TAG = "propensity.unchanged"
@@ -121,6 +127,11 @@ class TaskResult:
     decision: dict[str, Any] = field(default_factory=dict)
     unchanged: bool = False
     fingerprint: Fingerprint | None = None
+    #: what the task is judged by: ``auc``, or ``gini`` for a value task (``label: revenue``),
+    #: whose ``metrics``, ``valid_auc`` and ``baseline_auc`` then hold Gini and its companions
+    measure: str = "auc"
+    #: a value task's served formulation (``hurdle`` or ``tweedie``)
+    formulation: str | None = None
 
     @property
     def outcome(self) -> str:
@@ -137,6 +148,10 @@ class TaskResult:
         return f"v{self.model_version} {verdict}, champion unchanged"
 
     def report(self) -> dict[str, Any]:
+        if self.measure == "gini":
+            from propensity.models.value_train import value_report
+
+            return value_report(self)
         fp = self.fingerprint
         return {
             "test_auc": self.metrics.get("auc"),
@@ -160,11 +175,11 @@ class TaskResult:
 def run_metrics(r: TaskResult) -> dict[str, float]:
     """The metrics of a task's child run (names the tests and the drift monitor rely on)."""
     metrics = {f"test_{k}": v for k, v in r.metrics.items() if np.isfinite(v)}
-    metrics.update({f"baseline_{k}_auc": v for k, v in r.baseline_auc.items() if v is not None})
+    metrics.update({f"baseline_{k}_{r.measure}": v for k, v in r.baseline_auc.items() if v is not None})
     metrics.update(interval_metrics(r.intervals))
     metrics.update({"n_train": r.n_train, "n_valid": r.n_valid, "n_test": r.n_test, "train_seconds": r.seconds})
-    if r.valid_auc is not None:
-        metrics["valid_auc"] = r.valid_auc
+    if r.valid_auc is not None and np.isfinite(r.valid_auc):
+        metrics[f"valid_{r.measure}"] = r.valid_auc
     if r.oracle_auc is not None and "auc" in r.metrics:
         metrics["oracle_auc"] = r.oracle_auc
         metrics["oracle_gap"] = r.oracle_auc - r.metrics["auc"]
@@ -172,16 +187,18 @@ def run_metrics(r: TaskResult) -> dict[str, float]:
 
 
 def interval_metrics(intervals: dict[str, Any]) -> dict[str, float]:
-    """The 95% bounds as run metrics: ``test_<m>_low/high`` for AUC, PR AUC and ECE, and the
-    paired ``baseline_<b>_auc_diff`` (model minus baseline) with its ``_low/_high``."""
+    """The 95% bounds as run metrics: ``test_<m>_low/high`` for AUC, PR AUC and ECE (a value
+    task's Gini), and the paired ``baseline_<b>_auc_diff`` (``_gini_diff``; model minus
+    baseline) with its ``_low/_high``."""
     out: dict[str, float] = {}
     for name, iv in intervals.get("model", {}).items():
         out.update({f"test_{name}_low": iv["low"], f"test_{name}_high": iv["high"]})
     for b, ivs in intervals.get("baselines", {}).items():
-        d = ivs["auc_diff"]
-        out.update({f"baseline_{b}_auc_diff": d["estimate"], f"baseline_{b}_auc_diff_low": d["low"]})
-        out[f"baseline_{b}_auc_diff_high"] = d["high"]
-    if intervals:
+        for key in (k for k in ivs if k.endswith("_diff")):
+            d = ivs[key]
+            out.update({f"baseline_{b}_{key}": d["estimate"], f"baseline_{b}_{key}_low": d["low"]})
+            out[f"baseline_{b}_{key}_high"] = d["high"]
+    if "n_positives" in intervals:
         out["test_positives"] = intervals["n_positives"]
     return {k: float(v) for k, v in out.items() if v is not None and np.isfinite(v)}
 
@@ -239,19 +256,24 @@ def plan_identity(plan: SnapshotPlan) -> dict[str, Any]:
 
 
 def unchanged_result(
-    task: str, fr: TaskFrames, version: str, run: Run, seconds: float, fingerprint: Fingerprint
+    task: str, fr: TaskFrames, version: str, run: Run, seconds: float, fingerprint: Fingerprint, measure: str = "auc"
 ) -> TaskResult:
     """The result of a task that matched ``version``: its metrics are read back from the
     version's training run (``run``), the row counts are this run's (equal by construction)."""
+    from propensity.models.value_train import VALUE_BASELINES
+
     logged = run.data.metrics
     best = run.data.params.get("best_iteration", "0")
+    baselines = BASELINES if measure == "auc" else VALUE_BASELINES
     return TaskResult(
         task=task,
         metrics={k.removeprefix("test_"): v for k, v in logged.items() if k.startswith("test_")},
-        valid_auc=logged.get("valid_auc"),
-        baseline_auc={b: logged.get(f"baseline_{b}_auc") for b in BASELINES},
+        valid_auc=logged.get(f"valid_{measure}"),
+        baseline_auc={b: logged.get(f"baseline_{b}_{measure}") for b in baselines},
         oracle_auc=logged.get("oracle_auc"),
-        intervals=intervals_from_metrics(logged),
+        intervals=intervals_from_metrics(logged) if measure == "auc" else {},
+        measure=measure,
+        formulation=run.data.params.get("formulation"),
         n_train=len(fr.train),
         n_valid=len(fr.valid),
         n_test=len(fr.test),
@@ -282,6 +304,13 @@ def summary(r: TaskResult) -> str:
     def f(v: float | None) -> str:
         return f"{v:.4f}" if v is not None else "n/a"
 
+    if r.measure == "gini":
+        return (
+            f"{r.task}: {r.outcome}; test Gini {f(r.metrics.get('gini'))} ({r.formulation}; valid {f(r.valid_auc)}, "
+            f"BG/NBD x Gamma-Gamma {f(r.baseline_auc.get('btyd'))}, historic {f(r.baseline_auc.get('historic'))}), "
+            f"Spearman {f(r.metrics.get('spearman'))}, top-decile capture {f(r.metrics.get('top_decile_capture'))}, "
+            f"{r.n_train} train rows, {r.seconds:.1f} s, version {r.model_version}, promoted {r.promoted}"
+        )
     return (
         f"{r.task}: {r.outcome}; test AUC {f(r.metrics.get('auc'))} (valid {f(r.valid_auc)}, "
         f"logreg {f(r.baseline_auc.get('logreg_rfm'))}, heuristic {f(r.baseline_auc.get('recency_frequency'))}, "
@@ -376,14 +405,14 @@ def sample_negatives(train: pl.DataFrame, cap: int | None, seed: int) -> tuple[p
     The draw follows the frame's row order (a snapshot's labels are sorted by customer)."""
     if cap is None or train.height <= cap:
         return train, 1.0
-    positive = (train["label"] == 1).to_numpy()
+    positive = (train["label"] > 0).to_numpy()  # a value task's buyers are its positives
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     rate_pos = 1.0 if 2 * n_pos <= cap else (cap / 2) / n_pos
     rate_neg = min(1.0, (cap - n_pos * rate_pos) / max(n_neg, 1))
     draw = np.random.default_rng(seed).random(train.height)
     keep = draw < np.where(positive, rate_pos, rate_neg)
     out = train.filter(pl.Series(keep)).with_columns(
-        pl.when(pl.col("label") == 1).then(1.0 / rate_pos).otherwise(1.0 / rate_neg).alias(WEIGHT)
+        pl.when(pl.col("label") > 0).then(1.0 / rate_pos).otherwise(1.0 / rate_neg).alias(WEIGHT)
     )
     return out, rate_neg
 
@@ -577,6 +606,10 @@ class Trainer:
     def evaluate(self, task: str, fr: TaskFrames, t0: float) -> tuple[TaskResult, dict[str, np.ndarray]]:
         """Fit on ``fr`` and evaluate on its test frame against the baselines (and the oracle);
         ``t0`` is when the task started, for its timing."""
+        if self.settings.tasks[task].is_value:
+            from propensity.models.value_train import evaluate_value
+
+            return evaluate_value(self, task, fr, t0)
         plan = fr.plan
         model, best = self.fit(fr)
         y = fr.test["label"].to_numpy()
@@ -645,6 +678,10 @@ class Trainer:
         frames = {"train": fr.train, "valid": fr.valid, "test": fr.test}
         return Fingerprint(data_digest(frames, feats, cats), params_digest(params))
 
+    def measure(self, task: str) -> str:
+        """What ``task`` is judged by: AUC, or Gini for a value task (``label: revenue``)."""
+        return "gini" if self.settings.tasks[task].is_value else "auc"
+
     def matched_version(self, task: str, fingerprint: Fingerprint) -> tuple[ModelVersion, Run] | None:
         """The registered version with ``fingerprint`` and its training run, when that run can
         still be read with its metrics (else the task is trained again rather than reported blind)."""
@@ -657,7 +694,7 @@ class Trainer:
         except MlflowException as exc:
             log.warning("%s v%s matches but its run cannot be read (%s): training again", task, version.version, exc)
             return None
-        if run is None or "test_auc" not in run.data.metrics:
+        if run is None or f"test_{self.measure(task)}" not in run.data.metrics:
             log.warning("%s v%s matches but its run has no test metrics: training again", task, version.version)
             return None
         return version, run
@@ -670,6 +707,10 @@ class Trainer:
         """Log a fitted task to the active (child) run; register and gate it when ``register``."""
         if r.model is None or r.test_scores is None:
             raise ValueError(f"task {r.task}: nothing was fitted, there is no model to log")
+        if r.measure == "gini":
+            from propensity.models.value_train import log_value_task
+
+            return log_value_task(self, r, fr, base_scores, register, promote)
         s = self.settings
         m = s.models
         fp = r.fingerprint or self.fingerprint(r.task, fr, r.model.features, list(r.model.encoder.mapping))
@@ -782,7 +823,7 @@ class Trainer:
         matched = self.matched_version(task, fp) if register else None
         if matched is not None:
             version, run = matched
-            r = unchanged_result(task, fr, str(version.version), run, time.perf_counter() - t0, fp)
+            r = unchanged_result(task, fr, str(version.version), run, time.perf_counter() - t0, fp, self.measure(task))
             self.log_unchanged(r, fr)
             return r
         r, base_scores = self.evaluate(task, fr, t0)
