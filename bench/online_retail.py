@@ -7,8 +7,10 @@ online-retail``, then ``propensity run --through train --as-of 2011-09-01`` (col
 validate, features, train) with a 90-day repurchase horizon and GBP as base currency,
 then ``propensity train`` again with a smaller, more regularised model (the data has
 4,372 customers), and once more with training snapshots every 7 days instead of 14.
-Churn (no purchase in 90 days: the data has no sessions) is trained in the same runs;
-conversion needs sessions, which order-only data does not have.
+Churn (no purchase in 90 days: the data has no sessions) and customer value (``clv``: the
+net revenue of the next 90 days, judged by normalised Gini against BG/NBD x Gamma-Gamma and
+historic revenue) are trained in the same runs; conversion needs sessions, which order-only
+data does not have.
 
 Prints each run's test AUC next to the baselines fitted in the same run (logistic
 regression on RFM, the recency/frequency heuristic, BG/NBD's P(purchase within the horizon)
@@ -35,6 +37,7 @@ tasks:
   conversion: null
   repurchase: {horizon_days: 90}
   churn: {horizon_days: 90}
+  clv: {horizon_days: 90}  # the net revenue of the next 90 days
 validation: {docs: false}
 calendar: {enabled: false}  # no promotion calendar is known for this shop
 """
@@ -82,6 +85,21 @@ def recency_only_auc(home: Path, config: Path, task: str) -> float:
     return float(roc_auc_score(test["label"], sign * rec))
 
 
+def value_row(r: dict, name: str) -> str:
+    """A value task's row: Gini with its customer-bootstrap interval, and the paired difference to BTYD."""
+    nan = float("nan")
+    iv, b = r.get("intervals") or {}, r["baseline_gini"]
+    g = iv.get("model", {}).get("gini", {})
+    d = iv.get("baselines", {}).get("btyd", {}).get("gini_diff", {})
+    gini = f"{r['test_gini']:.4f} ({g.get('low', nan):.4f}-{g.get('high', nan):.4f})"
+    diff = f"{d.get('estimate', nan):+.4f} ({d.get('low', nan):+.4f} to {d.get('high', nan):+.4f})"
+    return (
+        f"| clv | {name} | {r['formulation']} | {gini} | {b.get('btyd') or nan:.4f} | {b.get('historic') or nan:.4f} "
+        f"| {diff} | {r['test_spearman']:.4f} | {r['top_decile_capture']:.4f} | {r['test_mae']:.2f} | "
+        f"{r['n_train']:,} | {r['n_test']:,} |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--home", type=Path, default=None, help="default: a new temporary folder")
@@ -122,6 +140,14 @@ def main() -> None:
                 f"{b.get('btyd_p_alive') or float('nan'):.4f} | {rec:.4f} | "
                 f"{r['n_train']:,} | {r['n_test']:,} |"
             )
+    print()
+    print(
+        "| task | settings | formulation | test Gini (95% CI) | BG/NBD x Gamma-Gamma | historic | Gini - BTYD (95% CI) "
+        "| Spearman | top-decile capture | MAE | n_train | n_test |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in ("default", "regularised", "weekly"):
+        print(value_row(json.loads((home / f"{name}.json").read_text())["tasks"]["clv"], name))
     print("reference (dataset README): repurchase, plain LightGBM trained at 2011-06-01 0.723, recency alone 0.684")
     rec = json.loads((home / "default.json").read_text()).get("recommendations")
     if rec:  # trained by the full run: order lines only (this data has no views)

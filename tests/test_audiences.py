@@ -251,7 +251,7 @@ def scored_shop(clean_zone, tmp_path_factory) -> Settings:
     s = Settings(
         home=home,
         validation={"docs": False},
-        tasks={"churn": {"horizon_days": 30}},
+        tasks={"churn": {"horizon_days": 30}, "clv": {"horizon_days": 30}},
         features={"training_span_days": 42, "min_history_days": 30},
         models={"max_rounds": 150, "early_stopping_rounds": 20, "num_leaves": 15},
         audiences={"salt": "test-salt", "control_fraction": 0.2},
@@ -269,11 +269,12 @@ def test_scores_are_validated_probabilities_from_the_pyfunc(scored_shop):
     s = scored_shop
     lake = Lake.open(s.lake_uri)
     feats = pl.from_arrow(lake.read_partition("features", "", {"snapshot": D.isoformat()}))
-    for task in s.tasks:
+    for task, cfg in s.tasks.items():
         sc = read_scores(s, task, D)
         pop = pl.from_arrow(lake.read_partition("labels", "", {"task": task, "snapshot": D.isoformat()}))
         assert sc.height == pop.height > 0
-        assert sc["score"].is_between(0, 1).all() and sc["score"].null_count() == 0
+        upper = None if cfg.is_value else 1  # clv: an expected revenue in the base currency
+        assert sc["score"].is_between(0, upper or float("inf")).all() and sc["score"].null_count() == 0
         assert set(sc["decile"].unique()) <= set(range(1, 11))
         champ = load_champion(s, task)
         assert sc["model_version"][0] == champ.version
@@ -281,7 +282,8 @@ def test_scores_are_validated_probabilities_from_the_pyfunc(scored_shop):
         pyfunc = mlflow.pyfunc.load_model(f"models:/propensity-{task}@champion")
         rows = feats.join(sc.select("customer_id").head(200), on="customer_id", how="semi").sort("customer_id")
         p = np.asarray(pyfunc.predict(score_inputs_frame(champ, rows)))
-        assert np.all((p >= 0) & (p <= 1)) and len(np.unique(p)) > 2  # probabilities, not labels
+        assert np.all((p >= 0) & (p <= (upper or np.inf))) and len(np.unique(p)) > 2  # not labels
+        assert cfg.is_value == (p.max() > 1)  # a value task serves revenue, the others probabilities
         np.testing.assert_allclose(p, sc.head(200)["score"].to_numpy(), rtol=1e-9)
 
 

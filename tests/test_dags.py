@@ -42,7 +42,7 @@ from propensity.validation import Gate
 
 DAY = date(2025, 3, 1)
 NEXT = date(2025, 3, 2)
-DEFAULT_TASKS = ["conversion", "repurchase", "churn"]
+DEFAULT_TASKS = ["conversion", "repurchase", "churn", "clv"]
 
 
 def ts(day: date, hour: int, minute: int = 0) -> datetime:
@@ -615,13 +615,13 @@ WINBACK = {"horizon_days": 30, "label": "purchase", "no_purchase_days": 45, "des
 # order-only style configuration: conversion dropped, a task added in YAML (the README's recipe)
 SCORE_CONF = {
     "validation": {"docs": False},
-    "tasks": {"conversion": None, "churn": {"horizon_days": 30}, "winback90": WINBACK},
+    "tasks": {"conversion": None, "churn": {"horizon_days": 30}, "clv": {"horizon_days": 30}, "winback90": WINBACK},
     "features": {"training_span_days": 42, "min_history_days": 30},
     "models": {"max_rounds": 150, "early_stopping_rounds": 20, "num_leaves": 15},
     "audiences": {"salt": "test-salt", "control_fraction": 0.2},
     "scoring": {"shards": SCORE_SHARDS},
 }
-CONFIGURED = ["repurchase", "churn", "winback90"]
+CONFIGURED = ["repurchase", "churn", "clv", "winback90"]
 AUDIENCES_YAML = {
     "audiences": [
         {
@@ -756,7 +756,9 @@ def test_score_and_build_audiences_scores_every_configured_task(scoring_runs, ai
     for task in CONFIGURED:
         population = lake.manifest("labels", "", {"task": task, "snapshot": day})["row_count"]
         scores = read_scores(settings, task, SCORE_DAY)
-        assert scores.height == population > 0 and scores["score"].is_between(0, 1).all()
+        upper = float("inf") if settings.tasks[task].is_value else 1.0  # clv: expected revenue
+        assert scores.height == population > 0 and scores["score"].is_between(0, upper).all()
+        assert settings.tasks[task].is_value == (scores["score"].max() > 1)
         assert events[asset_uri(zones.SCORES, task)]["partition_key"] == day
         assert events[asset_uri(zones.SCORES, task)]["extra"]["rows"] == population
     assert lake.manifest("scores", "", {"task": "conversion", "dt": day}) is None  # dropped by configuration
@@ -840,7 +842,7 @@ def test_monitor_drift_is_quiet_on_a_stable_shop(monitor_runs) -> None:
     assert run["asset_events"] == []
     report = Lake.open(shops["stable"].lake_uri).read_json(f"drift/dt={current}/report.json")
     assert report["snapshot"] == current.isoformat() and report["breach"] is False
-    assert report["skipped"] == {"churn": "propensity-churn has no champion"}
+    assert report["skipped"] == {"churn": "propensity-churn has no champion", "clv": "propensity-clv has no champion"}
     assert f"drift conversion snapshot {current}: ok" in run["log"]
 
 

@@ -195,7 +195,9 @@ def drill_shops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Settings]
     try:
         for name, shift in (("stable", None), ("shifted", SHIFT)):
             home = shared_root(tmp_path_factory) / f"drift_{name}"
-            settings = load_settings(home=home, simulation={"shift": shift}, features=DRILL_FEATURES)
+            # the propensity tasks only: the drill's year does not hold clv's half-year horizon three times
+            tasks = {"clv": None}
+            settings = load_settings(home=home, simulation={"shift": shift}, features=DRILL_FEATURES, tasks=tasks)
             with built_once(home.with_name(home.name + ".built")) as build:
                 if build:
                     simulate(settings, customers=CUSTOMERS, days=DAYS, start=START, seed=SEED, dirt_cfg=CLEAN)

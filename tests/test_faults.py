@@ -67,7 +67,7 @@ def shop_settings(home: Path, book: Path | None = None) -> Settings:
     return Settings(
         home=home,
         validation={"docs": False},
-        tasks={"churn": {"horizon_days": 30}},
+        tasks={"churn": {"horizon_days": 30}, "clv": {"horizon_days": 30}},
         features={"training_span_days": 42, "min_history_days": 30},
         models={"max_rounds": 120, "early_stopping_rounds": 20, "num_leaves": 15},
         audiences={

@@ -293,7 +293,7 @@ def test_settings_yaml_known_keys_and_environment_still_work(tmp_path: Path, mon
     assert s.home == tmp_path / "home"
     assert s.models.threads == 3 and s.models.floors == {"churn": 0.55}
     assert s.validation.volume.history == 5 and not s.validation.docs
-    assert list(s.tasks) == ["repurchase", "churn", "winback"]
+    assert list(s.tasks) == ["repurchase", "churn", "clv", "winback"]
     assert s.simulation.shift is not None and s.simulation.shift.device_mix == {"app": 1.0}
 
 

@@ -157,9 +157,9 @@ def test_snapshot_publishes_validated_outputs_and_plans_do_not_leak(clean_bulk, 
     snap = b.build_and_publish(date(2025, 4, 1))
     assert lake.manifest("features", "", {"snapshot": "2025-04-01"})["row_count"] == snap.features.height
     assert lake.manifest("profiles", "", {"snapshot": "2025-04-01"}) is not None
-    for task in clean_shop.tasks:
+    for task, cfg in clean_shop.tasks.items():
         m = lake.manifest("labels", "", {"task": task, "snapshot": "2025-04-01"})
-        assert m is not None and m["complete"] is True
+        assert m is not None and m["complete"] is (date(2025, 4, 1) + timedelta(days=cfg.horizon_days - 1) <= end)
     stages = set(snap.profiles["lifecycle_stage"])
     assert {"active", "churned"} <= stages
     plan = plan_snapshots("repurchase", clean_shop.tasks["repurchase"], start, end, clean_shop.features)

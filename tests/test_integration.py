@@ -74,7 +74,7 @@ LAST_DAY = START + timedelta(days=DAYS - 1)  # D = 2025-04-10: the day the DAG r
 SNAPSHOT = LAST_DAY + timedelta(days=1)  # T = 2025-04-11 (a Friday): the snapshot that sees D
 DAY_KEY, SNAPSHOT_KEY = LAST_DAY.isoformat(), SNAPSHOT.isoformat()
 MAX_STALENESS_DAYS = 2  # scoring.max_staleness_days (default): no export may lie further past the data
-TASKS = ["conversion", "repurchase", "churn"]
+TASKS = ["conversion", "repurchase", "churn", "clv"]
 DAG_IDS = {
     "shop_collect",
     "shop_validate",
@@ -107,6 +107,7 @@ SMALL_SETTINGS = {
     "PROPENSITY_FEATURES__HOLDOUT": "customers",
     "PROPENSITY_TASKS__REPURCHASE__HORIZON_DAYS": "21",
     "PROPENSITY_TASKS__CHURN__HORIZON_DAYS": "21",
+    "PROPENSITY_TASKS__CLV__HORIZON_DAYS": "21",
 }
 
 # per-stage bounds (seconds): about three times what each stage takes on 2 cores shared with other work
