@@ -414,6 +414,12 @@ class ModelConfig(BaseModel):
         ge=100,
         description="customer-cluster bootstrap replicates behind the 95% intervals of the test metrics",
     )
+    value_oracle_paths: int = Field(
+        0,
+        ge=0,
+        description="on simulated data, Monte Carlo paths per customer of a value task's ceiling (oracle_gini); 0 "
+        "skips it: 64 paths cost about 30 s per test snapshot of the demo shop (bench/clv.py sets it)",
+    )
     floors: dict[str, float] = Field(
         default_factory=lambda: {"conversion": 0.6, "repurchase": 0.6, "churn": 0.6},
         description="minimum OOT test AUC per task for promotion",

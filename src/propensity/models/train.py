@@ -84,6 +84,7 @@ HEADLINE = (
     "test_top_decile_capture",
     "baseline_btyd_gini",
     "baseline_historic_gini",
+    "oracle_gini",
 )
 #: Run tags of a task's child run: whether it was skipped as unchanged, and what it matched.
 UNCHANGED_TAG = "propensity.unchanged"
@@ -180,9 +181,9 @@ def run_metrics(r: TaskResult) -> dict[str, float]:
     metrics.update({"n_train": r.n_train, "n_valid": r.n_valid, "n_test": r.n_test, "train_seconds": r.seconds})
     if r.valid_auc is not None and np.isfinite(r.valid_auc):
         metrics[f"valid_{r.measure}"] = r.valid_auc
-    if r.oracle_auc is not None and "auc" in r.metrics:
-        metrics["oracle_auc"] = r.oracle_auc
-        metrics["oracle_gap"] = r.oracle_auc - r.metrics["auc"]
+    if r.oracle_auc is not None and r.measure in r.metrics:  # a value task's is the oracle's Gini
+        metrics[f"oracle_{r.measure}"] = r.oracle_auc
+        metrics["oracle_gap"] = r.oracle_auc - r.metrics[r.measure]
     return metrics
 
 
@@ -270,7 +271,7 @@ def unchanged_result(
         metrics={k.removeprefix("test_"): v for k, v in logged.items() if k.startswith("test_")},
         valid_auc=logged.get(f"valid_{measure}"),
         baseline_auc={b: logged.get(f"baseline_{b}_{measure}") for b in baselines},
-        oracle_auc=logged.get("oracle_auc"),
+        oracle_auc=logged.get(f"oracle_{measure}"),
         intervals=intervals_from_metrics(logged) if measure == "auc" else {},
         measure=measure,
         formulation=run.data.params.get("formulation"),
@@ -307,7 +308,8 @@ def summary(r: TaskResult) -> str:
     if r.measure == "gini":
         return (
             f"{r.task}: {r.outcome}; test Gini {f(r.metrics.get('gini'))} ({r.formulation}; valid {f(r.valid_auc)}, "
-            f"BG/NBD x Gamma-Gamma {f(r.baseline_auc.get('btyd'))}, historic {f(r.baseline_auc.get('historic'))}), "
+            f"BG/NBD x Gamma-Gamma {f(r.baseline_auc.get('btyd'))}, historic {f(r.baseline_auc.get('historic'))}, "
+            f"oracle {f(r.oracle_auc)}), "
             f"Spearman {f(r.metrics.get('spearman'))}, top-decile capture {f(r.metrics.get('top_decile_capture'))}, "
             f"{r.n_train} train rows, {r.seconds:.1f} s, version {r.model_version}, promoted {r.promoted}"
         )

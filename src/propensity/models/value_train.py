@@ -28,7 +28,14 @@ import numpy as np
 from propensity.features.catalogue import categorical_features, feature_names
 from propensity.features.training import WEIGHT
 from propensity.models import plots
-from propensity.models.clv import btyd_revenue, fit_revenue, gini_intervals, historic_revenue, value_metrics
+from propensity.models.clv import (
+    btyd_revenue,
+    fit_revenue,
+    gini_intervals,
+    historic_revenue,
+    normalized_gini,
+    value_metrics,
+)
 from propensity.models.model import Calibrator, CategoryEncoder, ValueModel, model_input
 
 if TYPE_CHECKING:
@@ -114,7 +121,7 @@ def evaluate_value(trainer: Trainer, task: str, fr: TaskFrames, t0: float) -> tu
         metrics=metrics,
         valid_auc=valid_gini,
         baseline_auc=baseline,
-        oracle_auc=None,
+        oracle_auc=oracle_gini(s, fr),
         n_train=len(fr.train),
         n_valid=len(fr.valid),
         n_test=len(fr.test),
@@ -127,6 +134,22 @@ def evaluate_value(trainer: Trainer, task: str, fr: TaskFrames, t0: float) -> tu
         formulation=model.formulation,
     )
     return result, base_scores
+
+
+def oracle_gini(settings: Any, fr: TaskFrames) -> float | None:
+    """On simulated data only, with ``models.value_oracle_paths``: the Gini of the truth store's
+    expected revenue of each test row (:meth:`~propensity.simulate.oracle.Truth.expected_revenue`),
+    the ceiling of any model."""
+    paths = settings.models.value_oracle_paths
+    if not paths or not (settings.truth_dir / "meta.json").exists():
+        return None
+    from propensity.simulate.oracle import Truth
+
+    expected = Truth.read(settings.truth_dir).row_expected_revenue(fr.test, fr.plan.horizon_days, paths)
+    known = ~np.isnan(expected)
+    if known.sum() < 0.9 * len(fr.test):  # a different shop than the one simulated
+        return None
+    return normalized_gini(fr.test["label"].to_numpy(float)[known], expected[known])
 
 
 def log_value_task(
@@ -224,6 +247,7 @@ def value_report(r: TaskResult) -> dict[str, Any]:
         "mean_actual": r.metrics.get("mean_actual"),
         "valid_gini": r.valid_auc,
         "baseline_gini": r.baseline_auc,
+        "oracle_gini": r.oracle_auc,
         "intervals": r.intervals,
         "n_train": r.n_train,
         "n_test": r.n_test,

@@ -263,6 +263,63 @@ class Truth:
             }
         )
 
+    def expected_revenue(self, snapshot: date, horizon: int, reps: int = 64, seed: int = 0) -> pa.Table:
+        """Per existing customer: the expected revenue of their purchases in ``[T, T+H)`` at
+        catalogue prices (``basket_eur`` per purchase), the ceiling of a value task.
+
+        A purchase resets the customer's intent clock and adds to their loyalty, so the count
+        of purchases has no closed form along one path as P(a purchase) has
+        (:meth:`probabilities`): it is a Monte Carlo of ``reps`` paths per customer through the
+        same daily rates (death by the hazard, then a purchase with 1 - P(no purchase)), with the
+        realised experience bumps applied as :meth:`probabilities` applies them. The paths' noise
+        lowers the ceiling's Gini: on the demo shop's clv test snapshot 8 paths gave 0.843, 32 gave
+        0.874, 64 gave 0.889 and 128 gave 0.889 (a second seed moved none by more than 0.002)."""
+        t0 = (snapshot - self.start).days
+        if t0 < 0:
+            raise ValueError(f"snapshot {snapshot} is before the simulation start {self.start}")
+        st = self.state_at(t0)
+        idx = np.flatnonzero(st["exists"])
+        rep = np.tile(idx, reps)
+        tr = {k: v[rep] for k, v in self.traits.items()}
+        alive, bought = st["alive"][rep].copy(), st["bought"][rep].copy()
+        last, n_orders, bump = st["last"][rep].copy(), st["n_orders"][rep].copy(), st["bump"][rep].copy()
+        cal = dyn.Calendar(self.start, self.days, self.promotions)
+        bidx, bday, bval = self.hazard_bumps()
+        rng = np.random.default_rng(seed)
+        count = np.zeros(len(rep))
+        for t in range(t0, t0 + horizon):
+            if t > t0:
+                sel = bday == t - 1
+                if sel.any():
+                    bump += np.bincount(bidx[sel], weights=bval[sel], minlength=len(self.customer_ids))[rep]
+            h = dyn.hazard(tr, bump, n_orders)
+            days_since = np.where(bought, t - np.nan_to_num(last), t - tr["signup_day"]).astype(float)
+            p_np, _ = dyn.day_no_event_probs(tr, cal, t, days_since, bought)
+            alive &= rng.random(len(rep)) >= h
+            buys = alive & (rng.random(len(rep)) >= p_np)
+            count += buys
+            last = np.where(buys, float(t), last)
+            bought |= buys
+            n_orders += buys
+        purchases = count.reshape(reps, len(idx)).mean(axis=0)
+        return pa.table(
+            {
+                "customer_id": pa.array(self.customer_ids[idx].astype(str)),
+                "expected_revenue": purchases * np.nan_to_num(self.traits["basket_eur"][idx]),
+            }
+        )
+
+    def row_expected_revenue(self, rows: pd.DataFrame, horizon: int, reps: int = 64) -> np.ndarray:
+        """:meth:`expected_revenue` of each ``(customer_id, snapshot)`` row of ``rows`` (NaN for
+        a customer the truth store does not know)."""
+        out = np.full(len(rows), np.nan)
+        snaps = pd.to_datetime(rows["snapshot"]).dt.date.to_numpy()
+        for d in sorted(set(snaps)):
+            rev = self.expected_revenue(d, horizon, reps).to_pandas().set_index("customer_id")["expected_revenue"]
+            at = snaps == d
+            out[at] = rows.loc[at, "customer_id"].map(rev).to_numpy(dtype=float)
+        return out
+
     def row_probabilities(self, rows: pd.DataFrame, horizon: int, label: str) -> np.ndarray:
         """The oracle probability of each ``(customer_id, snapshot)`` row of ``rows`` for a task
         whose label is ``label`` (``purchase`` or ``inactive``), each snapshot's rows against that
