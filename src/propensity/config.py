@@ -520,6 +520,18 @@ class UpliftConfig(BaseModel):
     margin: float = Field(
         0.0, ge=0, description="a challenger may be this much worse (Qini coefficient) than the champion"
     )
+    refit_on_test: bool = Field(
+        False,
+        description="serve the chosen learner refitted on the training and the test members (the test's campaigns are "
+        "the latest). Off by default: the logged figures stay the fit's without them, and a champion refitted on "
+        "a test scores it in-sample, so the Qini gate would keep it against any challenger until newer campaigns",
+    )
+    bags: int = Field(
+        5,
+        ge=1,
+        description="the served effect is the mean of this many fits on bootstrap resamples of the members: one "
+        "fit's ranking of a small effect moves with the draw",
+    )
 
 
 class RecommendationsConfig(BaseModel):

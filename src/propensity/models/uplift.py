@@ -188,6 +188,40 @@ class UpliftModel:
             return np.asarray(self.estimator.effect(np.asarray(x, dtype=float)), dtype=float).ravel()
 
 
+@dataclass
+class Bagged:
+    """Several fitted meta-learners whose effects are averaged (``uplift.bags``)."""
+
+    fits: list[Any]
+
+    def effect(self, x: np.ndarray) -> np.ndarray:
+        return np.mean([np.asarray(f.effect(x), dtype=float).ravel() for f in self.fits], axis=0)
+
+
+def fit_bagged(
+    x: np.ndarray,
+    treated: np.ndarray,
+    y: np.ndarray,
+    learner: str,
+    params: dict[str, Any],
+    rounds: int,
+    propensity: np.ndarray | None,
+    bags: int,
+    seed: int,
+) -> UpliftModel:
+    """:func:`fit_uplift` once (``bags`` 1) or on ``bags`` bootstrap resamples of the members, averaged."""
+    if bags <= 1:
+        return fit_uplift(x, treated, y, learner, params, rounds, propensity)
+    rng = np.random.default_rng(seed)
+    fits = []
+    for b in range(bags):
+        i = rng.integers(0, len(y), len(y))
+        e = None if propensity is None else np.asarray(propensity)[i]
+        boot = {**params, "random_state": int(params.get("random_state", 0)) + b}
+        fits.append(fit_uplift(np.asarray(x)[i], np.asarray(treated)[i], np.asarray(y)[i], learner, boot, rounds, e))
+    return UpliftModel(learner, Bagged([f.estimator for f in fits]), binary=fits[0].binary)
+
+
 def fit_uplift(
     x: np.ndarray,
     treated: np.ndarray,

@@ -40,7 +40,14 @@ from propensity.audiences.measure import member_outcomes
 from propensity.config import Settings
 from propensity.errors import RequestError
 from propensity.features.training import held_out
-from propensity.models.uplift import UpliftModel, feature_matrix, fit_uplift, qini_curve, uplift_metrics
+from propensity.models.uplift import (
+    UpliftModel,
+    feature_matrix,
+    fit_bagged,
+    fit_uplift,
+    qini_curve,
+    uplift_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +243,19 @@ def fit_and_evaluate(fr: UpliftFrames, settings: Settings) -> UpliftResult:
             valid_qini[f"{learner}:{rounds}"] = _qini(y[held], t[held], m.effect(x[held]))
     best = max(valid_qini, key=lambda k: valid_qini[k])
     learner, rounds = best.split(":")[0], int(best.split(":")[1])
-    model = fit_uplift(x, t, y, learner, params, rounds, e)
+    seed = settings.models.seed
+    model = fit_bagged(x, t, y, learner, params, rounds, e, cfg.bags, seed)
     xt = feature_matrix(fr.test, fr.features)
     effect = model.effect(xt)
     yt, tt = fr.test["converted"].to_numpy(float), fr.test["treated"].to_numpy(bool)
     metrics = uplift_metrics(yt, tt, effect)
+    if cfg.refit_on_test and len(fr.test):  # served: the same choice, fitted on every member
+        et = fr.test["p_treatment"].to_numpy(float) if e is not None and "p_treatment" in fr.test.columns else None
+        ea = None if e is None or et is None else np.concatenate([e, et])
+        model = fit_bagged(
+            np.vstack([x, xt]), np.concatenate([t, tt]), np.concatenate([y, yt]), learner, params, rounds, ea,
+            cfg.bags, seed,
+        )  # fmt: skip
     baselines = baseline_rankings(settings, fr)
     return UpliftResult(
         fr.kind,
@@ -338,6 +353,9 @@ def log_and_register(settings: Settings, fr: UpliftFrames, r: UpliftResult, prom
                 "train_dates": ",".join(map(str, fr.train_dates)),
                 "test_dates": ",".join(map(str, fr.test_dates)),
                 "n_features": len(fr.features),
+                "bags": settings.uplift.bags,
+                # the served model's members; the test figures are the fit's without the test
+                "refit_on_test": settings.uplift.refit_on_test,
             }
         )
         logged = {f"test_{k}": v for k, v in r.metrics.items() if v is not None}
