@@ -17,7 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 
@@ -51,21 +51,9 @@ def main() -> None:
 
     oracle = {"models": {"value_oracle_paths": 64}}  # the ceiling: the truth store's expected revenue
     shops = [Settings(home=h, **oracle) for h in a.home or []]
-    for seed in [int(x) for x in a.seeds.split(",") if x]:
-        from propensity import pipeline
-        from propensity.simulate import simulate
+    from recommend import simulated_shop  # bench/ is the script's folder, first on sys.path
 
-        home = a.work / f"seed{seed}"
-        s = Settings(
-            home=home, validation={"docs": False}, simulation={"customers": a.customers, "seed": seed}, **oracle
-        )
-        if not (home / "lake" / "clean").exists():
-            simulate(s)
-            start = date.fromisoformat(s.simulation.start)
-            days = pipeline.day_range(start, start + timedelta(days=s.simulation.days - 1))
-            pipeline.collect(s, days)
-            pipeline.validate(s, days).raise_for_critical()
-        shops.append(s)
+    shops += [simulated_shop(a.work, int(x), a.customers, **oracle) for x in a.seeds.split(",") if x]
     print(
         "| shop | formulation | test Gini (95% CI) | BG/NBD x Gamma-Gamma | historic | oracle | Gini - BTYD (95% CI) "
         "| Spearman | top-decile capture | MAE | n_test |"

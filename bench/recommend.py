@@ -93,6 +93,24 @@ def one_shop(s) -> dict[str, tuple[float, float, float]]:
     return out
 
 
+def simulated_shop(work: Path, seed: int, customers: int, **settings: object):
+    """The settings of ``<work>/seed<seed>``: a default shop of ``customers`` simulated with
+    ``seed``, collected and validated the first time it is asked for (benches share it)."""
+    from propensity import pipeline
+    from propensity.config import Settings
+    from propensity.simulate import simulate
+
+    home = work / f"seed{seed}"
+    s = Settings(home=home, validation={"docs": False}, simulation={"customers": customers, "seed": seed}, **settings)
+    if not (home / "lake" / "clean").exists():
+        simulate(s)
+        start = date.fromisoformat(s.simulation.start)
+        days = pipeline.day_range(start, start + timedelta(days=s.simulation.days - 1))
+        pipeline.collect(s, days)
+        pipeline.validate(s, days).raise_for_critical()
+    return s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -105,19 +123,7 @@ def main() -> None:
     from propensity.config import Settings
 
     shops = [Settings(home=h) for h in a.home or []]
-    for seed in [int(x) for x in a.seeds.split(",") if x]:
-        from propensity import pipeline
-        from propensity.simulate import simulate
-
-        home = a.work / f"seed{seed}"
-        s = Settings(home=home, validation={"docs": False}, simulation={"customers": a.customers, "seed": seed})
-        if not (home / "lake" / "clean").exists():
-            simulate(s)
-            start = date.fromisoformat(s.simulation.start)
-            days = pipeline.day_range(start, start + timedelta(days=s.simulation.days - 1))
-            pipeline.collect(s, days)
-            pipeline.validate(s, days).raise_for_critical()
-        shops.append(s)
+    shops += [simulated_shop(a.work, int(x), a.customers) for x in a.seeds.split(",") if x]
     for s in shops:
         one_shop(s)
 

@@ -134,6 +134,22 @@ class TaskResult:
     #: a value task's served formulation (``hurdle`` or ``tweedie``)
     formulation: str | None = None
 
+    @classmethod
+    def fitted(
+        cls, task: str, fr: TaskFrames, t0: float, model: PropensityModel, test_scores: np.ndarray, **kw: Any
+    ) -> TaskResult:
+        """A task fitted now on ``fr`` (started at ``t0``): its row counts and timing filled in."""
+        return cls(
+            task=task,
+            n_train=len(fr.train),
+            n_valid=len(fr.valid),
+            n_test=len(fr.test),
+            seconds=time.perf_counter() - t0,
+            model=model,
+            test_scores=test_scores,
+            **kw,
+        )
+
     @property
     def outcome(self) -> str:
         """One line on what happened to the registry, for logs and reports."""
@@ -644,19 +660,17 @@ class Trainer:
             negatives = fr.train["label"].to_numpy() == 0
             weights = fr.train.loc[negatives, WEIGHT]
             metrics["train_negative_rate"] = float(negatives.sum() / weights.sum()) if negatives.any() else 1.0
-        result = TaskResult(
-            task=task,
+        result = TaskResult.fitted(
+            task,
+            fr,
+            t0,
+            model,
+            p,
             metrics=metrics,
             valid_auc=valid_auc,
             baseline_auc=baseline_auc,
             oracle_auc=self.oracle_auc(task, plan, fr.test),
-            n_train=len(fr.train),
-            n_valid=len(fr.valid),
-            n_test=len(fr.test),
             best_iteration=best,
-            seconds=time.perf_counter() - t0,
-            model=model,
-            test_scores=p,
             intervals=intervals,
         )
         return result, base_scores

@@ -100,8 +100,6 @@ def fit_value(trainer: Trainer, fr: TaskFrames) -> tuple[ValueModel, int, dict[s
 
 def evaluate_value(trainer: Trainer, task: str, fr: TaskFrames, t0: float) -> tuple[TaskResult, dict[str, np.ndarray]]:
     """Fit on ``fr`` and evaluate on its pooled test against the value baselines."""
-    import time
-
     from propensity.models.train import TaskResult
 
     s = trainer.settings
@@ -116,19 +114,17 @@ def evaluate_value(trainer: Trainer, task: str, fr: TaskFrames, t0: float) -> tu
     baseline = {k: value_metrics(y, v)["gini"] for k, v in base_scores.items()}
     groups = fr.test["customer_id"].to_numpy()
     intervals = gini_intervals(y, p, base_scores, groups, n_boot=s.models.bootstrap, seed=s.models.seed)
-    result = TaskResult(
-        task=task,
+    result = TaskResult.fitted(
+        task,
+        fr,
+        t0,
+        model,
+        p,
         metrics=metrics,
         valid_auc=valid_gini,
         baseline_auc=baseline,
         oracle_auc=oracle_gini(s, fr),
-        n_train=len(fr.train),
-        n_valid=len(fr.valid),
-        n_test=len(fr.test),
         best_iteration=best,
-        seconds=time.perf_counter() - t0,
-        model=model,
-        test_scores=p,
         intervals=intervals,
         measure=MEASURE,
         formulation=model.formulation,
