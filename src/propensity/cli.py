@@ -164,6 +164,14 @@ def toolkit_line(t: pipeline.ToolkitRecord) -> str:
     return f"{t.name}: k={r['k']}, silhouette {r['silhouette']:.3f}: {', '.join(r['names'])}  {version} champion"
 
 
+def _verdict(record: Any) -> str:
+    """What happened to the registry: the report's outcome (it names the version), else the promotion."""
+    r = record.report
+    if r.get("outcome"):
+        return r["outcome"]
+    return f"v{r['model_version']} " + ("PROMOTED to champion" if record.promoted else "kept as challenger")
+
+
 def value_line(record: Any) -> str:
     """One line for a value task (``label: revenue``): Gini against its baselines."""
     r = record.report
@@ -174,12 +182,11 @@ def value_line(record: Any) -> str:
     if diffs:
         b, d = min(diffs.items(), key=lambda kv: kv[1]["estimate"])
         best = f"  vs {b} {d['estimate']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-    verdict = r.get("outcome") or ("PROMOTED to champion" if record.promoted else "kept as challenger")
     return (
         f"{record.task:<11} test Gini {_num(r['test_gini'])}{_bounds(iv, 'gini')} ({r.get('formulation')})  "
         f"Spearman {_num(r['test_spearman'])}  top-decile capture {_num(r['top_decile_capture'])}  "
         f"MAE {_num(r['test_mae'])}  baselines: {base}{best}  n_train {r['n_train'] or 0:,}  "
-        f"v{r['model_version']} {verdict}"
+        f"{_verdict(record)}"
     )
 
 
@@ -198,12 +205,11 @@ def print_train(s: Settings, records: list[Any], report_path: str | None) -> Non
             continue
         oracle = f"{r['oracle_auc']:.4f}" if r.get("oracle_auc") is not None else "n/a"
         base = ", ".join(f"{k} {v:.4f}" for k, v in r["baseline_auc"].items() if v is not None)
-        verdict = r.get("outcome") or ("PROMOTED to champion" if record.promoted else "kept as challenger")
         iv = r.get("intervals") or {}
         print(
             f"{record.task:<11} test AUC {_num(r['test_auc'])}{_bounds(iv, 'auc')}  PR AUC {_num(r['test_pr_auc'])}  "
             f"ECE {_num(r['ece'])}{_bounds(iv, 'ece')}  oracle {oracle}  baselines: {base}{_best_diff(iv)}  "
-            f"{_pooled(iv)}n_train {r['n_train'] or 0:,}  v{r['model_version']} {verdict}"
+            f"{_pooled(iv)}n_train {r['n_train'] or 0:,}  {_verdict(record)}"
         )
     for t in toolkit:
         print(toolkit_line(t))
