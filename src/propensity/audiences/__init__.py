@@ -147,7 +147,7 @@ def candidates(
             how="left",
         )
     value_tasks = [t for t in tasks if settings.tasks[t].is_value]
-    if value_tasks:
+    if value_tasks:  # read when a rule names value_tier (build)
         c = c.with_columns(predicted_value_tier(f"{value_tasks[0]}_score"))
     # a stable uniform [0, 1) per customer, for A/B splits declared in rules (e.g. customer_hash < 0.5)
     c = c.with_columns(pl.Series("customer_hash", control_draw(c[KEY], "customer_hash", date(1970, 1, 1))))
@@ -333,10 +333,10 @@ def build(
     consent = latest_consent(lake)
     kept, kept_docs = kept_selections(lake, book, day, names, consent)
     all_specs = specs + [k.spec for k in kept]
-    # the columns rules and value rankings name (``<task>_score``), and every value task: the
-    # candidates' value tier is its predicted revenue's (predicted_value_tier)
+    # the tasks whose columns rules and value rankings name (``<task>_score``), and the value tasks
+    # when one names ``value_tier``: it is their predicted revenue's (predicted_value_tier)
     rules = " ".join([s.rule for s in all_specs] + [s.value or "" for s in all_specs])
-    named = {t for t, cfg in settings.tasks.items() if f"{t}_" in rules or cfg.is_value}
+    named = {t for t, cfg in settings.tasks.items() if f"{t}_" in rules or (cfg.is_value and "value_tier" in rules)}
     tasks = sorted({s.task for s in all_specs} | named)
     cands, scores = candidates(settings, lake, d, tasks, consent)
     cands = with_uplift(settings, enrich(cands) if enrich else cands, specs)
