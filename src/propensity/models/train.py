@@ -564,16 +564,12 @@ class Trainer:
     ) -> tuple[PropensityModel, int]:
         """Fit booster + calibrator; ``features``/``categorical`` default to the feature catalogue."""
         m = self.settings.models
-        feats = features or feature_names()
-        cats = [c for c in (categorical if categorical is not None else categorical_features()) if c in feats]
-        x_train, x_valid = model_input(fr.train, feats, set(cats)), model_input(fr.valid, feats, set(cats))
-        encoder = CategoryEncoder.fit(x_train, cats)
+        inp = fit_inputs(fr, features, categorical)
+        feats, cats, encoder, xt, xv, weight = inp.features, inp.categorical, inp.encoder, inp.xt, inp.xv, inp.weight
         y_train, y_valid = fr.train["label"].to_numpy(), fr.valid["label"].to_numpy()
         if len(np.unique(y_train)) < 2 or len(np.unique(y_valid)) < 2:
             raise ValueError("training and validation snapshots need both positive and negative labels")
         params = lgb_params(m)
-        xt, xv = encoder.transform(x_train).astype("float64"), encoder.transform(x_valid).astype("float64")
-        weight = fr.train[WEIGHT].to_numpy() if WEIGHT in fr.train.columns else None
         dtrain = lgb.Dataset(xt, y_train, weight=weight, categorical_feature=cats, free_raw_data=False)
         dvalid = lgb.Dataset(xv, y_valid, categorical_feature=cats, reference=dtrain)
         if m.tuning_trials > 0:
@@ -720,68 +716,53 @@ class Trainer:
     def log_task(
         self, r: TaskResult, fr: TaskFrames, base_scores: dict[str, np.ndarray], register: bool, promote: bool = True
     ) -> None:
-        """Log a fitted task to the active (child) run; register and gate it when ``register``."""
+        """Log a fitted task to the active (child) run; register and gate it when ``register``.
+
+        Every task logs the same things (fingerprint, metrics, features, drift reference,
+        datasets, plots, the pyfunc) and is gated on its measure; a value task
+        (:mod:`~propensity.models.value_train`) brings its own parameters and plots."""
         if r.model is None or r.test_scores is None:
             raise ValueError(f"task {r.task}: nothing was fitted, there is no model to log")
         if r.measure == "gini":
-            from propensity.models.value_train import log_value_task
+            from propensity.models.value_train import value_params, value_plots
 
-            return log_value_task(self, r, fr, base_scores, register, promote)
+            params, draw = value_params(self, r), value_plots
+        else:
+            params, draw = self.propensity_params(r), propensity_plots
         s = self.settings
-        m = s.models
-        fp = r.fingerprint or self.fingerprint(r.task, fr, r.model.features, list(r.model.encoder.mapping))
+        model = r.model
+        fp = r.fingerprint or self.fingerprint(r.task, fr, model.features, list(model.encoder.mapping))
         r.fingerprint = fp
         mlflow.set_tags({**fp.tags(), UNCHANGED_TAG: "false"})
         mlflow.log_params(
             {
                 **plan_params(r.task, fr.plan),
-                "n_features": len(r.model.features),
+                "n_features": len(model.features),
                 "best_iteration": r.best_iteration,
-                "calibration": r.model.calibrator.kind,
-                "tuning_trials": m.tuning_trials,
-                **{
-                    k: getattr(self, "last_params", {}).get(k, getattr(m, k))  # tuned values when tuning ran
-                    for k in (
-                        "learning_rate",
-                        "num_leaves",
-                        "min_data_in_leaf",
-                        "feature_fraction",
-                        "bagging_fraction",
-                        "lambda_l2",
-                        "seed",
-                    )
-                },
+                **params,
             }
         )
         mlflow.log_metrics(run_metrics(r))
-        mlflow.log_dict({"features": r.model.features, "categorical": list(r.model.encoder.mapping)}, "features.json")
+        mlflow.log_dict({"features": model.features, "categorical": list(model.encoder.mapping)}, "features.json")
         from propensity.monitoring.monitor import training_reference
 
-        mlflow.log_dict(training_reference(s, r.model, fr, r.test_scores), "reference.json")  # drift monitoring
+        mlflow.log_dict(training_reference(s, model, fr, r.test_scores), "reference.json")  # drift monitoring
         train_ds = _dataset(fr.train, f"{s.lake_uri}/features", f"{r.task}-train")
         test_ds = _dataset(fr.test, f"{s.lake_uri}/features/snapshot={fr.plan.test.isoformat()}", f"{r.task}-test")
         mlflow.log_input(train_ds, context="training")
         mlflow.log_input(test_ds, context="testing")
-        y = fr.test["label"].to_numpy()
+        y = fr.test["label"].to_numpy(dtype=float if r.measure == "gini" else None)
+        x_test = model_input(fr.test, model.features)
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
-            plots.roc_pr(y, r.test_scores, base_scores, d / "roc_pr.png")
-            plots.gains(y, r.test_scores, d / "gains_lift.png")
-            plots.calibration(y, r.test_scores, d / "calibration.png")
-            gain = r.model.booster.feature_importance("gain")
-            plots.importance(r.model.features, gain, "gain importance", d / "importance_gain.png")
-            sample = model_input(fr.test, r.model.features).head(2000)
-            contrib = r.model.contributions(sample)[:, :-1]
-            plots.importance(
-                r.model.features, np.abs(contrib).mean(axis=0), "mean |SHAP| (pred_contrib)", d / "shap_summary.png"
-            )
+            draw(r, y, x_test, base_scores, d)
             for f in d.glob("*.png"):
                 mlflow.log_artifact(str(f), "plots")
-            paths = r.model.save(d / "model")
-            example = model_input(fr.test, r.model.features).head(5)
+            paths = model.save(d / "model")
+            example = x_test.head(5)
             from mlflow.models import infer_signature
 
-            signature = infer_signature(example, r.model.predict_proba(example))
+            signature = infer_signature(example, model.predict_proba(example))
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=PropensityPyfunc(),
@@ -798,17 +779,39 @@ class Trainer:
                 s,
                 r.task,
                 version,
-                r.metrics["auc"],
-                model_input(fr.test, r.model.features),
+                r.metrics[r.measure],
+                x_test,
                 y,
                 tags={"snapshot": fr.plan.test.isoformat(), "code_version": code_version()},
                 promote=promote,
                 fingerprint=fp,
                 challenger_scores=r.test_scores,
                 groups=fr.test["customer_id"].to_numpy(),
+                measure=r.measure,
             )
             r.promoted = bool(r.decision["promoted"])
             mlflow.log_dict(r.decision, "comparison.json")
+
+    def propensity_params(self, r: TaskResult) -> dict[str, Any]:
+        """A propensity task's run parameters beyond the plan's: calibration and the booster's."""
+        m = self.settings.models
+        assert r.model is not None
+        return {
+            "calibration": r.model.calibrator.kind,
+            "tuning_trials": m.tuning_trials,
+            **{
+                k: getattr(self, "last_params", {}).get(k, getattr(m, k))  # tuned values when tuning ran
+                for k in (
+                    "learning_rate",
+                    "num_leaves",
+                    "min_data_in_leaf",
+                    "feature_fraction",
+                    "bagging_fraction",
+                    "lambda_l2",
+                    "seed",
+                )
+            },
+        }
 
     def log_unchanged(self, r: TaskResult, fr: TaskFrames) -> None:
         """Record on the active (child) run that the task matched a registered version: the
@@ -953,6 +956,47 @@ def _dataset(frame: pd.DataFrame, source: str, name: str) -> Any:
         ds = mlflow.data.from_pandas(rows, source=source, name=name, targets="label")
         ds.__dict__["schema"] = infer_signature(rows.head(100)).inputs  # PandasDataset.schema is a cached_property
     return ds
+
+
+@dataclass
+class FitInputs:
+    """What every task's boosters are fitted on: the encoded float matrices of the training and
+    validation rows, the features and categories they hold, and the sampling weights."""
+
+    features: list[str]
+    categorical: list[str]
+    encoder: CategoryEncoder
+    xt: pd.DataFrame
+    xv: pd.DataFrame
+    weight: np.ndarray | None
+
+
+def fit_inputs(fr: TaskFrames, features: list[str] | None = None, categorical: list[str] | None = None) -> FitInputs:
+    """The encoded inputs of ``fr``'s training and validation rows; ``features``/``categorical``
+    default to the feature catalogue (the encoder is fitted on the training rows)."""
+    feats = features or feature_names()
+    cats = [c for c in (categorical if categorical is not None else categorical_features()) if c in feats]
+    x_train, x_valid = model_input(fr.train, feats, set(cats)), model_input(fr.valid, feats, set(cats))
+    encoder = CategoryEncoder.fit(x_train, cats)
+    xt, xv = encoder.transform(x_train).astype("float64"), encoder.transform(x_valid).astype("float64")
+    weight = fr.train[WEIGHT].to_numpy() if WEIGHT in fr.train.columns else None
+    return FitInputs(feats, cats, encoder, xt, xv, weight)
+
+
+def propensity_plots(
+    r: TaskResult, y: np.ndarray, x_test: pd.DataFrame, base_scores: dict[str, np.ndarray], d: Path
+) -> None:
+    """A propensity task's run plots, written to ``d``: ROC/PR against the baselines, gains,
+    calibration, and gain and mean |SHAP| importance."""
+    model = r.model
+    assert model is not None and r.test_scores is not None
+    plots.roc_pr(y, r.test_scores, base_scores, d / "roc_pr.png")
+    plots.gains(y, r.test_scores, d / "gains_lift.png")
+    plots.calibration(y, r.test_scores, d / "calibration.png")
+    gain = model.booster.feature_importance("gain")
+    plots.importance(model.features, gain, "gain importance", d / "importance_gain.png")
+    contrib = model.contributions(x_test.head(2000))[:, :-1]
+    plots.importance(model.features, np.abs(contrib).mean(axis=0), "mean |SHAP| (pred_contrib)", d / "shap_summary.png")
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

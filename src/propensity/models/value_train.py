@@ -11,22 +11,20 @@ registry (``propensity-<task>``) and the champion gate. What differs is here:
 * **evaluate** (:func:`evaluate_value`): normalised Gini, Spearman, top-decile capture and
   MAE on the pooled test, against the BG/NBD x Gamma-Gamma and historic-revenue baselines,
   with customer-bootstrap intervals and paired differences;
-* **log** (:func:`log_value_task`): the revenue gains (Lorenz) and calibration plots, the
-  pyfunc, and the gate on Gini (the champion scored on the same test, paired interval).
+* **log** (:func:`value_params`, :func:`value_plots`): its run parameters and the revenue
+  gains (Lorenz) and calibration plots; :meth:`~propensity.models.train.Trainer.log_task`
+  logs them with the pyfunc like any task's and gates on Gini (the champion scored on the
+  same test, paired interval).
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 import numpy as np
 
-from propensity.features.catalogue import categorical_features, feature_names
-from propensity.features.training import WEIGHT
 from propensity.models import plots
 from propensity.models.clv import (
     btyd_revenue,
@@ -36,7 +34,7 @@ from propensity.models.clv import (
     normalized_gini,
     value_metrics,
 )
-from propensity.models.model import Calibrator, CategoryEncoder, ValueModel, model_input
+from propensity.models.model import Calibrator, ValueModel, model_input
 
 if TYPE_CHECKING:
     from propensity.models.train import TaskFrames, TaskResult, Trainer
@@ -62,33 +60,28 @@ def value_baselines(fr: TaskFrames, seed: int) -> dict[str, np.ndarray]:
 
 def fit_value(trainer: Trainer, fr: TaskFrames) -> tuple[ValueModel, int, dict[str, dict[str, float]]]:
     """The served value model, its number of trees, and each formulation's validation metrics."""
-    from propensity.models.train import lgb_params
+    from propensity.models.train import fit_inputs, lgb_params
 
     m = trainer.settings.models
-    feats = feature_names()
-    cats = [c for c in categorical_features() if c in feats]
-    x_train, x_valid = model_input(fr.train, feats, set(cats)), model_input(fr.valid, feats, set(cats))
-    encoder = CategoryEncoder.fit(x_train, cats)
-    xt, xv = encoder.transform(x_train).astype("float64"), encoder.transform(x_valid).astype("float64")
+    inp = fit_inputs(fr)
     y_train, y_valid = fr.train["label"].to_numpy(float), fr.valid["label"].to_numpy(float)
     if not (y_train > 0).any() or not (y_valid > 0).any():
         raise ValueError("training and validation snapshots need customers with revenue in the horizon")
     params = {k: v for k, v in lgb_params(m).items() if k not in ("objective", "metric")}
-    weight = fr.train[WEIGHT].to_numpy() if WEIGHT in fr.train.columns else None
     fitted, by_formulation = fit_revenue(
-        xt,
+        inp.xt,
         y_train,
-        xv,
+        inp.xv,
         y_valid,
         params,
         rounds=m.max_rounds,
-        weight=weight,
-        categorical=cats,
+        weight=inp.weight,
+        categorical=inp.categorical,
         early_stopping=m.early_stopping_rounds,
     )
     primary = fitted.boosters["tweedie" if fitted.formulation == "tweedie" else "buy"]
     spend = fitted.boosters.get("spend")
-    model = ValueModel(primary, Calibrator("identity"), encoder, feats, spend=spend, log_var=fitted.log_var)
+    model = ValueModel(primary, Calibrator("identity"), inp.encoder, inp.features, spend=spend, log_var=fitted.log_var)
     trainer.last_params = params
     log.info(
         "value model: %s chosen on validation Gini (%s)",
@@ -108,8 +101,7 @@ def evaluate_value(trainer: Trainer, task: str, fr: TaskFrames, t0: float) -> tu
     p = model.predict_proba(model_input(fr.test, model.features))
     metrics = value_metrics(y, p)
     metrics.update({f"valid_gini_{f}": v["gini"] for f, v in by_formulation.items()})
-    valid_pred = model.predict_proba(model_input(fr.valid, model.features))
-    valid_gini = value_metrics(fr.valid["label"].to_numpy(float), valid_pred)["gini"]
+    valid_gini = by_formulation[model.formulation]["gini"]  # the served formulation's, on the same rows
     base_scores = value_baselines(fr, s.models.seed)
     baseline = {k: value_metrics(y, v)["gini"] for k, v in base_scores.items()}
     groups = fr.test["customer_id"].to_numpy()
@@ -148,85 +140,25 @@ def oracle_gini(settings: Any, fr: TaskFrames) -> float | None:
     return normalized_gini(fr.test["label"].to_numpy(float)[known], expected[known])
 
 
-def log_value_task(
-    trainer: Trainer,
-    r: TaskResult,
-    fr: TaskFrames,
-    base_scores: dict[str, np.ndarray],
-    register: bool,
-    promote: bool,
-) -> None:
-    """Log a fitted value task to the active (child) run; register and gate it on Gini."""
-    from mlflow.models import infer_signature
+def value_params(trainer: Trainer, r: TaskResult) -> dict[str, Any]:
+    """A value task's run parameters beyond the plan's (:meth:`~propensity.models.train.Trainer.log_task`)."""
+    assert isinstance(r.model, ValueModel)
+    return {
+        "label": "revenue",
+        "formulation": r.model.formulation,
+        **{k: getattr(trainer, "last_params", {}).get(k) for k in ("learning_rate", "num_leaves", "seed")},
+    }
 
-    from propensity.models.pyfunc import PropensityPyfunc
-    from propensity.models.registry import gate_and_alias
-    from propensity.models.tracking import code_version, pip_requirements
-    from propensity.models.train import UNCHANGED_TAG, _dataset, plan_params, run_metrics
 
+def value_plots(r: TaskResult, y: np.ndarray, x_test: Any, base_scores: dict[str, np.ndarray], d: Path) -> None:
+    """A value task's run plots, written to ``d``: revenue gains (Lorenz curves of the model, the
+    baselines and the perfect order), calibration by decile, and gain importance."""
     model = r.model
     assert isinstance(model, ValueModel) and r.test_scores is not None
-    s = trainer.settings
-    fp = r.fingerprint or trainer.fingerprint(r.task, fr, model.features, list(model.encoder.mapping))
-    r.fingerprint = fp
-    mlflow.set_tags({**fp.tags(), UNCHANGED_TAG: "false"})
-    mlflow.log_params(
-        {
-            **plan_params(r.task, fr.plan),
-            "label": "revenue",
-            "formulation": model.formulation,
-            "n_features": len(model.features),
-            "best_iteration": r.best_iteration,
-            **{k: getattr(trainer, "last_params", {}).get(k) for k in ("learning_rate", "num_leaves", "seed")},
-        }
-    )
-    mlflow.log_metrics(run_metrics(r))
-    mlflow.log_dict({"features": model.features, "categorical": list(model.encoder.mapping)}, "features.json")
-    from propensity.monitoring.monitor import training_reference
-
-    mlflow.log_dict(training_reference(s, model, fr, r.test_scores), "reference.json")  # drift monitoring
-    mlflow.log_input(_dataset(fr.train, f"{s.lake_uri}/features", f"{r.task}-train"), context="training")
-    test_source = f"{s.lake_uri}/features/snapshot={fr.plan.test.isoformat()}"
-    mlflow.log_input(_dataset(fr.test, test_source, f"{r.task}-test"), context="testing")
-    y = fr.test["label"].to_numpy(float)
-    x_test = model_input(fr.test, model.features)
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        plots.lorenz(y, {"model": r.test_scores, **base_scores}, d / "revenue_gains.png")
-        plots.calibration(y, r.test_scores, d / "calibration.png", unit=("predicted revenue", "revenue"))
-        gain = model.booster.feature_importance("gain")
-        plots.importance(model.features, gain, f"gain importance ({model.formulation})", d / "importance_gain.png")
-        for f in d.glob("*.png"):
-            mlflow.log_artifact(str(f), "plots")
-        example = x_test.head(5)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=PropensityPyfunc(),
-            artifacts=model.save(d / "model"),
-            signature=infer_signature(example, model.predict_proba(example)),
-            input_example=example,
-            pip_requirements=pip_requirements("lightgbm", "scikit-learn"),
-            registered_model_name=f"propensity-{r.task}" if register else None,
-        )
-    if not register:
-        return
-    r.model_version = str(info.registered_model_version)
-    r.decision = gate_and_alias(
-        s,
-        r.task,
-        r.model_version,
-        r.metrics["gini"],
-        x_test,
-        y,
-        tags={"snapshot": fr.plan.test.isoformat(), "code_version": code_version()},
-        promote=promote,
-        fingerprint=fp,
-        challenger_scores=r.test_scores,
-        groups=fr.test["customer_id"].to_numpy(),
-        measure=MEASURE,
-    )
-    r.promoted = bool(r.decision["promoted"])
-    mlflow.log_dict(r.decision, "comparison.json")
+    plots.lorenz(y, {"model": r.test_scores, **base_scores}, d / "revenue_gains.png")
+    plots.calibration(y, r.test_scores, d / "calibration.png", unit=("predicted revenue", "revenue"))
+    gain = model.booster.feature_importance("gain")
+    plots.importance(model.features, gain, f"gain importance ({model.formulation})", d / "importance_gain.png")
 
 
 def value_report(r: TaskResult) -> dict[str, Any]:
