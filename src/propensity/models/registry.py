@@ -144,9 +144,9 @@ def gate_and_alias(
         ]
         original = pick_version(earlier, str(champ.version) if champ is not None else None)
         if original is not None:
-            decision = duplicate_decision(task, version, challenger_auc, original, champ, floor, margin, promote)
-            if measure != "auc":
-                decision = {k.replace("_auc", f"_{measure}"): v for k, v in decision.items()}
+            decision = duplicate_decision(
+                task, version, challenger_auc, original, champ, floor, margin, promote, measure
+            )
             client.set_model_version_tag(name, version, "gate.decision", decision["reasons"][0])
             _tag_fingerprint(client, name, version, fingerprint)
             log.info("%s v%s: %s", name, version, decision["reasons"][0])
@@ -250,15 +250,17 @@ def duplicate_decision(
     floor: float,
     margin: float,
     promote: bool,
+    measure: str = "auc",
 ) -> dict[str, Any]:
-    """The gate's record for a version that repeats ``original``: same keys as a verdict, never promoted."""
+    """The gate's record for a version that repeats ``original``: same keys as a verdict (named
+    by the task's ``measure``), never promoted."""
     return {
         "task": task,
         "model": model_name(task),
         "challenger_version": version,
-        "challenger_auc": challenger_auc,
+        f"challenger_{measure}": challenger_auc,
         "champion_version": champ.version if champ is not None else None,
-        "champion_auc": None,
+        f"champion_{measure}": None,
         "floor": floor,
         "margin": margin,
         "promoted": False,
