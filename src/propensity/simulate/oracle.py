@@ -11,6 +11,7 @@ yet" path, so no Monte-Carlo noise enters the ceiling.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
@@ -312,26 +313,25 @@ class Truth:
     def row_expected_revenue(self, rows: pd.DataFrame, horizon: int, reps: int = 64) -> np.ndarray:
         """:meth:`expected_revenue` of each ``(customer_id, snapshot)`` row of ``rows`` (NaN for
         a customer the truth store does not know)."""
-        out = np.full(len(rows), np.nan)
-        snaps = pd.to_datetime(rows["snapshot"]).dt.date.to_numpy()
-        for d in sorted(set(snaps)):
-            rev = self.expected_revenue(d, horizon, reps).to_pandas().set_index("customer_id")["expected_revenue"]
-            at = snaps == d
-            out[at] = rows.loc[at, "customer_id"].map(rev).to_numpy(dtype=float)
-        return out
+        return _per_row(rows, lambda d: self.expected_revenue(d, horizon, reps), "expected_revenue")
 
     def row_probabilities(self, rows: pd.DataFrame, horizon: int, label: str) -> np.ndarray:
         """The oracle probability of each ``(customer_id, snapshot)`` row of ``rows`` for a task
         whose label is ``label`` (``purchase`` or ``inactive``), each snapshot's rows against that
         snapshot's probabilities; NaN for a customer the truth store does not know (another shop)."""
-        column = LABEL_COLUMNS[label]
-        out = np.full(len(rows), np.nan)
-        snaps = pd.to_datetime(rows["snapshot"]).dt.date.to_numpy()
-        for d in sorted(set(snaps)):
-            probs = self.probabilities(d, horizon).to_pandas().set_index("customer_id")[column]
-            at = snaps == d
-            out[at] = rows.loc[at, "customer_id"].map(probs).to_numpy(dtype=float)
-        return out
+        return _per_row(rows, lambda d: self.probabilities(d, horizon), LABEL_COLUMNS[label])
+
+
+def _per_row(rows: pd.DataFrame, table_at: Callable[[date], pa.Table], column: str) -> np.ndarray:
+    """``column`` of ``table_at(snapshot)`` (one row per customer) for each ``(customer_id,
+    snapshot)`` row of ``rows``, each snapshot's table computed once; NaN for an unknown customer."""
+    out = np.full(len(rows), np.nan)
+    snaps = pd.to_datetime(rows["snapshot"]).dt.date.to_numpy()
+    for d in sorted(set(snaps)):
+        values = table_at(d).to_pandas().set_index("customer_id")[column]
+        at = snaps == d
+        out[at] = rows.loc[at, "customer_id"].map(values).to_numpy(dtype=float)
+    return out
 
 
 def _promotions(folder: Path) -> PromotionCalendar:
